@@ -1,0 +1,2 @@
+//! `ai-sandbox` binary entry point.
+fn main() {}
