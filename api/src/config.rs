@@ -1,0 +1,230 @@
+//! Server configuration: the clap command line (each flag also an env var), an optional YAML
+//! config file with the same keys, and their merge with precedence defaults < file < env < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default listen host.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default listen port.
+pub const DEFAULT_PORT: u16 = 8000;
+/// Default request queue length.
+pub const DEFAULT_MAX_QUEUE: usize = 64;
+
+/// OpenAI-compatible LLM server for AI Sandbox (CPU inference on GGUF models).
+///
+/// Every option can also be set with an environment variable or in a YAML file given with
+/// --config (keys as below with `_` instead of `-`, e.g. `max_queue: 16`). Precedence:
+/// defaults < config file < environment < command-line flags.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "ai-sandbox-api", version)]
+pub struct Args {
+    /// YAML config file with any of the keys below.
+    #[arg(long, env = "AI_SANDBOX_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Path to the GGUF model file (required, here or in the config file).
+    #[arg(long, env = "AI_SANDBOX_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "AI_SANDBOX_HOST", value_name = "H")]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8000].
+    #[arg(long, env = "AI_SANDBOX_PORT", value_name = "P")]
+    pub port: Option<u16>,
+    /// Model id served on /v1/models and expected in requests [default: the model's own name].
+    #[arg(long, env = "AI_SANDBOX_SERVED_MODEL_NAME", value_name = "NAME")]
+    pub served_model_name: Option<String>,
+    /// CPU threads for inference [default: all cores].
+    #[arg(long, env = "AI_SANDBOX_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Context size in tokens [default: the model's own].
+    #[arg(long, env = "AI_SANDBOX_CTX_SIZE", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Requests allowed to wait for the engine; more get 429 [default: 64].
+    #[arg(long, env = "AI_SANDBOX_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/* [default: any key or none accepted].
+    #[arg(
+        long,
+        env = "AI_SANDBOX_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+}
+
+/// The YAML config file: the same keys as the flags, all optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub model: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub served_model_name: Option<String>,
+    pub threads: Option<usize>,
+    pub ctx_size: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub api_key: Option<String>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub model: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub served_model_name: Option<String>,
+    pub threads: Option<usize>,
+    pub ctx_size: Option<usize>,
+    pub max_queue: usize,
+    pub api_key: Option<String>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no model given: pass --model PATH, set AI_SANDBOX_MODEL, or put `model:` in the config file")]
+    NoModel,
+    #[error("`{name}` must be at least 1. Given: 0")]
+    Zero { name: &'static str },
+    #[error("invalid listen address {host}:{port}: {message}")]
+    Address {
+        host: String,
+        port: u16,
+        message: String,
+    },
+}
+
+/// Parse a YAML config file's text.
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl Config {
+    /// Merge flags/env (already merged by clap, flags first) over the file over defaults.
+    pub fn resolve(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let cfg = Config {
+            model: args.model.or(file.model).ok_or(ConfigError::NoModel)?,
+            host: args
+                .host
+                .or(file.host)
+                .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+            port: args.port.or(file.port).unwrap_or(DEFAULT_PORT),
+            served_model_name: args
+                .served_model_name
+                .or(file.served_model_name)
+                .filter(|s| !s.is_empty()),
+            threads: args.threads.or(file.threads),
+            ctx_size: args.ctx_size.or(file.ctx_size),
+            max_queue: args
+                .max_queue
+                .or(file.max_queue)
+                .unwrap_or(DEFAULT_MAX_QUEUE),
+            api_key: args.api_key.or(file.api_key).filter(|s| !s.is_empty()),
+        };
+        if cfg.threads == Some(0) {
+            return Err(ConfigError::Zero { name: "threads" });
+        }
+        if cfg.ctx_size == Some(0) {
+            return Err(ConfigError::Zero { name: "ctx-size" });
+        }
+        if cfg.max_queue == 0 {
+            return Err(ConfigError::Zero { name: "max-queue" });
+        }
+        Ok(cfg)
+    }
+
+    /// Read `--config` if given, then resolve.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                parse_file(&text, p)?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(args, file)
+    }
+
+    /// The socket address to bind.
+    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
+        let err = |message: String| ConfigError::Address {
+            host: self.host.clone(),
+            port: self.port,
+            message,
+        };
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| err(e.to_string()))?
+            .next()
+            .ok_or_else(|| err("no address found".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("ai-sandbox-api").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file = parse_file(
+            "model: /m/file.gguf\nport: 9000\nmax_queue: 3\nhost: 0.0.0.0\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let c = Config::resolve(args(&["--port", "9100"]), file).unwrap();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.max_queue, 3);
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.model, PathBuf::from("/m/file.gguf"));
+        let c = Config::resolve(args(&["--model", "x.gguf"]), FileConfig::default()).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.max_queue),
+            (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_QUEUE)
+        );
+        assert_eq!(c.served_model_name, None);
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        assert!(matches!(
+            Config::resolve(args(&[]), FileConfig::default()),
+            Err(ConfigError::NoModel)
+        ));
+        assert!(matches!(
+            parse_file("modle: x\n", Path::new("c.yaml")),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::resolve(
+                args(&["--model", "m", "--max-queue", "0"]),
+                FileConfig::default()
+            ),
+            Err(ConfigError::Zero { name: "max-queue" })
+        ));
+    }
+}

@@ -1,0 +1,230 @@
+//! The public [`Engine`] handle: loads a GGUF (tokenizer, chat template, model), sizes the CPU
+//! thread pools, starts the generation worker (`worker.rs`) and exposes prompt building,
+//! tokenization and request submission to the HTTP layer. Cheap to clone.
+//!
+//! Threads: candle 0.11 runs quantized matmuls on its own process-wide "barrier pool", sized
+//! ONCE, on first use, from `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the physical
+//! core count; its f32 gemm reads `RAYON_NUM_THREADS` on each call; the rest runs on the current
+//! rayon pool. A rayon pool alone therefore does not bound candle. [`Engine::load`] decides the
+//! count (`threads`, else `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else available
+//! parallelism), exports both variables with it before any tensor exists, builds a rayon pool of
+//! that size for the worker's forward passes, then checks the barrier pool's real size and warns
+//! when an earlier engine in the same process already fixed it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::gguf::GgufFile;
+use crate::model::Model;
+use crate::worker::{LanguageModel, Limits, Scheduler, TokenText, REUSE_BLOCK};
+use crate::{ChatMessage, ChatTemplate, EngineError, GenEvent, GenerateRequest, Tokenizer};
+
+/// How to start an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Path of the GGUF model file.
+    pub model: PathBuf,
+    /// CPU threads for inference (None: see the module docs).
+    pub threads: Option<usize>,
+    /// KV-cache length in tokens (None: the model's full context).
+    pub ctx_size: Option<usize>,
+    /// Requests allowed to wait while one runs; more get `EngineError::QueueFull`.
+    pub max_queue: usize,
+}
+
+/// Facts about the loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// `general.name`, else the file stem.
+    pub name: String,
+    /// `general.architecture` (llama, mistral, qwen2...).
+    pub arch: String,
+    /// Usable context (KV-cache length) in tokens.
+    pub ctx_size: usize,
+    /// Number of logits per step: token ids (prompt, logit_bias) must be below it.
+    pub vocab_size: usize,
+    /// The model file.
+    pub path: PathBuf,
+}
+
+/// Handle to a loaded model and its generation worker. Clones share the same worker; the worker
+/// stops once the last clone is dropped and its running request ends.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    scheduler: Scheduler,
+    threads: usize,
+}
+
+impl Engine {
+    /// Blocking: opens the GGUF, builds tokenizer, template, model; starts the worker thread.
+    pub fn load(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.threads == Some(0) {
+            return Err(EngineError::Load("--threads must be at least 1".into()));
+        }
+        let mut gguf = GgufFile::open(&cfg.model)?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&gguf)?);
+        let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
+        let threads = decide_threads(cfg.threads);
+        export_thread_count(threads);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("engine-rayon-{i}"))
+            .build()
+            .map_err(|e| EngineError::Load(format!("cannot start {threads} inference threads: {e}")))?;
+        let effective = candle_core::utils::barrier_pool().n_workers() + 1;
+        if effective != threads {
+            tracing::warn!(
+                requested = threads,
+                effective,
+                "candle's CPU thread pool was already started in this process with another size; \
+                 quantized matmuls keep using {effective} threads"
+            );
+        }
+
+        let model = Model::load(&mut gguf, cfg.ctx_size)?;
+        let config = model.config();
+        let name = config.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
+            cfg.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        });
+        let info = ModelInfo {
+            name,
+            arch: config.arch.clone(),
+            ctx_size: model.ctx_size(),
+            vocab_size: config.vocab_size,
+            path: cfg.model.clone(),
+        };
+        let limits = Limits {
+            vocab_size: info.vocab_size,
+            ctx_size: info.ctx_size,
+            max_queue: cfg.max_queue,
+            block: REUSE_BLOCK,
+        };
+        let scheduler = Scheduler::spawn(model, tokenizer.clone(), Some(pool), limits)?;
+        tracing::info!(
+            model = %info.name, arch = %info.arch, ctx_size = info.ctx_size, threads = effective,
+            "engine ready"
+        );
+        Ok(Engine { inner: Arc::new(Inner { info, tokenizer, template, scheduler, threads: effective }) })
+    }
+
+    /// Facts about the loaded model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// Threads candle's quantized matmuls actually use.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Chat messages -> prompt token ids (template with add_generation_prompt=true, then encode
+    /// with the model's BOS rule; a BOS the template already wrote is not doubled).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        let text = self.inner.template.render(messages, true)?;
+        let tok = &self.inner.tokenizer;
+        tok.encode(&text, tok.add_bos_default())
+    }
+
+    /// Whether raw text prompts get a BOS prepended (the model's own rule from its metadata).
+    pub fn add_bos_default(&self) -> bool {
+        self.inner.tokenizer.add_bos_default()
+    }
+
+    /// Text -> token ids (special tokens written in the text are parsed).
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenizer.encode(text, add_bos)
+    }
+
+    /// Token ids -> text (lossy UTF-8). Out-of-range ids are `InvalidInput`.
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner.tokenizer.decode(ids)
+    }
+
+    /// Queue a generation. Err(QueueFull) when max_queue requests are already waiting (the
+    /// running one not counted); `InvalidInput`/`ContextLength` for a bad prompt or parameters.
+    /// Events arrive on the receiver (zero or more `Delta`, then one `Done` or `Error`);
+    /// dropping the receiver cancels the generation at the next token (or removes it from the
+    /// queue). The consumer must keep reading or drop the receiver: the worker waits for room.
+    pub fn submit(&self, req: GenerateRequest) -> Result<mpsc::Receiver<GenEvent>, EngineError> {
+        self.inner.scheduler.submit(req)
+    }
+
+    /// Requests waiting for the worker (not the running one).
+    pub fn queue_len(&self) -> usize {
+        self.inner.scheduler.queue_len()
+    }
+}
+
+/// `requested`, else `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else available parallelism.
+fn decide_threads(requested: Option<usize>) -> usize {
+    let from_env =
+        |key: &str| std::env::var(key).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
+    requested
+        .or_else(|| from_env("CANDLE_NUM_THREADS"))
+        .or_else(|| from_env("RAYON_NUM_THREADS"))
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// Makes candle's pools (which read these variables) use `n` threads. Done at load, before any
+/// tensor op, which is when the server is still single-purpose; later loads in the same process
+/// cannot resize the barrier pool (see the check in `Engine::load`).
+fn export_thread_count(n: usize) {
+    let value = n.to_string();
+    for key in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var(key).ok().as_deref() != Some(value.as_str()) {
+            std::env::set_var(key, &value);
+        }
+    }
+}
+
+impl LanguageModel for Model {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
+        Model::forward(self, tokens, pos)
+    }
+}
+
+impl TokenText for Tokenizer {
+    fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        Tokenizer::token_bytes(self, id)
+    }
+    fn eos_ids(&self) -> &[u32] {
+        Tokenizer::eos_ids(self)
+    }
+    fn is_control(&self, id: u32) -> bool {
+        Tokenizer::is_control(self, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_is_shareable_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn explicit_threads_win_and_missing_model_is_a_load_error() {
+        assert_eq!(decide_threads(Some(3)), 3);
+        let cfg = EngineConfig {
+            model: PathBuf::from("/nonexistent/model.gguf"),
+            threads: Some(1),
+            ctx_size: None,
+            max_queue: 1,
+        };
+        assert!(matches!(Engine::load(cfg.clone()), Err(EngineError::Load(_))));
+        assert!(matches!(Engine::load(EngineConfig { threads: Some(0), ..cfg }), Err(EngineError::Load(_))));
+    }
+}

@@ -1,0 +1,108 @@
+"""Legacy /v1/completions through the official Python SDK: prompt forms, echo, defaults, streaming."""
+
+from __future__ import annotations
+
+import openai
+
+from helpers import names_param, raw_json, read_sse
+from openai_spec import validate, validate_completion_chunk
+
+HELLO_ID = 19556  # "Hello" in SmolLM2's tokenizer (no BOS is added: tokenizer.ggml.add_bos_token = false)
+
+
+def test_string_prompt_shape(client, model_id):
+    raw = client.completions.with_raw_response.create(model=model_id, prompt="The capital of France is", max_tokens=8)
+    body = raw_json(raw)
+    validate("CreateCompletionResponse", body)
+    assert body["object"] == "text_completion" and body["model"] == model_id
+    choice = body["choices"][0]
+    assert choice["index"] == 0 and isinstance(choice["text"], str) and choice["text"]
+    assert "logprobs" in choice
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert 0 < usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_max_tokens_defaults_to_16(client, model_id):
+    r = client.completions.create(model=model_id, prompt="Once upon a time", temperature=0)
+    assert r.usage.completion_tokens <= 16
+    if r.choices[0].finish_reason == "length":
+        assert r.usage.completion_tokens == 16
+
+
+def test_token_id_prompt_equals_string_prompt(client, model_id):
+    by_text = client.completions.create(model=model_id, prompt="Hello", max_tokens=8, temperature=0)
+    by_ids = client.completions.create(model=model_id, prompt=[HELLO_ID], max_tokens=8, temperature=0)
+    assert by_text.usage.prompt_tokens == 1
+    assert by_ids.usage.prompt_tokens == 1
+    assert by_ids.choices[0].text == by_text.choices[0].text
+
+
+def test_array_prompt_forms(client, model_id):
+    single = client.completions.create(model=model_id, prompt="Two plus two is", max_tokens=4, temperature=0)
+    # One-element arrays (of a string, of a token-id list) are the same request as the bare prompt.
+    raw = client.completions.with_raw_response.create(
+        model=model_id, prompt=["Two plus two is"], max_tokens=4, temperature=0)
+    body = raw_json(raw)
+    validate("CreateCompletionResponse", body)
+    assert [c["text"] for c in body["choices"]] == [single.choices[0].text]
+    hello = client.completions.create(model=model_id, prompt="Hello", max_tokens=4, temperature=0)
+    nested = client.completions.create(model=model_id, prompt=[[HELLO_ID]], max_tokens=4, temperature=0)
+    assert nested.choices[0].text == hello.choices[0].text
+    # Several prompts: one choice each, in order, or a 400 that says `prompt` (never fewer choices).
+    try:
+        many = client.completions.create(
+            model=model_id, prompt=["The sky is", "Two plus two is"], max_tokens=4, temperature=0)
+    except openai.BadRequestError as err:
+        assert names_param(err, "prompt"), err.body
+        return
+    assert [c.index for c in many.choices] == [0, 1]
+    assert many.choices[1].text == single.choices[0].text
+
+
+def test_echo_prepends_prompt(client, model_id):
+    prompt = "The quick brown fox"
+    plain = client.completions.create(model=model_id, prompt=prompt, max_tokens=6, temperature=0)
+    echoed = client.completions.create(model=model_id, prompt=prompt, max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+
+
+def test_suffix_is_rejected(client, model_id):
+    try:
+        client.completions.create(model=model_id, prompt="def f(", suffix="return x", max_tokens=4)
+    except openai.BadRequestError as err:
+        assert names_param(err, "suffix"), err.body
+    else:
+        raise AssertionError("suffix was silently accepted")
+
+
+def test_logprobs_shape_or_named_400(client, model_id):
+    try:
+        raw = client.completions.with_raw_response.create(
+            model=model_id, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
+    except openai.BadRequestError as err:  # unsupported is fine, but it must say so
+        assert names_param(err, "logprobs"), err.body
+        return
+    body = raw_json(raw)
+    validate("CreateCompletionResponse", body)
+    lp = body["choices"][0]["logprobs"]
+    assert lp is not None, "logprobs was silently ignored"
+    n = body["usage"]["completion_tokens"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n
+    assert "".join(lp["tokens"]) == body["choices"][0]["text"]
+    assert all(len(top) <= 2 and top for top in lp["top_logprobs"])
+
+
+def test_stream_chunks(http, client, model_id):
+    body = {"model": model_id, "prompt": "The sea is", "max_tokens": 8, "temperature": 0, "stream": True}
+    _, events = read_sse(http, "/v1/completions", body)
+    for event in events:
+        validate_completion_chunk(event)
+        assert event["object"] == "text_completion"
+    assert len({e["id"] for e in events}) == 1
+    finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"][0]["finish_reason"] is not None]
+    assert finishes in (["stop"], ["length"])
+    streamed = "".join(e["choices"][0]["text"] for e in events)
+    sync = client.completions.create(model=model_id, prompt="The sea is", max_tokens=8, temperature=0)
+    assert streamed == sync.choices[0].text
