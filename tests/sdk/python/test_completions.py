@@ -77,21 +77,28 @@ def test_suffix_is_rejected(client, model_id):
         raise AssertionError("suffix was silently accepted")
 
 
-def test_logprobs_shape_or_named_400(client, model_id):
-    try:
-        raw = client.completions.with_raw_response.create(
-            model=model_id, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
-    except openai.BadRequestError as err:  # unsupported is fine, but it must say so
-        assert names_param(err, "logprobs"), err.body
-        return
+def test_logprobs_shape(client, model_id):
+    raw = client.completions.with_raw_response.create(
+        model=model_id, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
     body = raw_json(raw)
     validate("CreateCompletionResponse", body)
-    lp = body["choices"][0]["logprobs"]
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
     assert lp is not None, "logprobs was silently ignored"
     n = body["usage"]["completion_tokens"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n
-    assert "".join(lp["tokens"]) == body["choices"][0]["text"]
-    assert all(len(top) <= 2 and top for top in lp["top_logprobs"])
+    assert n > 0
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert all(x <= 0 for x in lp["token_logprobs"])
+    assert all(0 < len(top) <= 2 for top in lp["top_logprobs"])
+    # Greedy: the chosen token is the most likely one, so it is among the top 2 with its own logprob.
+    for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert top.get(token) == logprob and logprob == max(top.values()), (token, logprob, top)
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and all(offsets[i + 1] == offsets[i] + len(lp["tokens"][i]) for i in range(n - 1))
+    # Same text as without logprobs.
+    plain = client.completions.create(model=model_id, prompt="The sky is", max_tokens=4, temperature=0)
+    assert plain.choices[0].text == choice["text"]
 
 
 def test_stream_chunks(http, client, model_id):
