@@ -2,6 +2,8 @@
 //! `text/event-stream` body of `data: {json}\n\n` events ending with `data: [DONE]`. The body
 //! stream owns the receiver, so a client that disconnects drops it and cancels the generation.
 //! An error after the stream started is sent as `data: {"error":{...}}` and ends the stream.
+//! One response may chain several generations (a completions request with several prompts):
+//! after each `Done` the maker is asked for the next one, which starts only then.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,14 +17,22 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::error::ApiError;
 
+/// What `ChunkMaker::next` gives: the chunks that open the next generation, and its receiver.
+pub type NextGeneration = Result<(Vec<Value>, Receiver<GenEvent>), EngineError>;
+
 /// Builds the JSON chunks of one endpoint's stream.
 pub trait ChunkMaker: Send + 'static {
     /// Chunks sent before any token (e.g. the role chunk).
     fn start(&mut self) -> Vec<Value>;
     /// Chunks for newly generated text (may be none, e.g. empty text and no logprobs).
     fn delta(&mut self, text: String, logprobs: Vec<TokenLogprob>) -> Vec<Value>;
-    /// The finish chunk, then the usage chunk when asked for.
+    /// The finish chunk, then the usage chunk when asked for (after the last generation).
     fn done(&mut self, finish: FinishReason, usage: Usage, timings: Timings) -> Vec<Value>;
+    /// Called after `done`: the chunks that open the next generation of this response and its
+    /// receiver, or `None` when the response is complete (the default: one generation).
+    fn next(&mut self) -> Option<NextGeneration> {
+        None
+    }
 }
 
 struct SseState<M> {
@@ -89,9 +99,21 @@ pub fn sse_response<M: ChunkMaker>(rx: Receiver<GenEvent>, maker: M) -> Response
                     for v in st.maker.done(finish_reason, usage, timings) {
                         st.push(&v);
                     }
-                    st.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                    st.finished = true;
+                    // Drop the finished generation's receiver before the next one starts.
                     st.rx = None;
+                    match st.maker.next() {
+                        Some(Ok((chunks, rx))) => {
+                            for v in chunks {
+                                st.push(&v);
+                            }
+                            st.rx = Some(rx);
+                        }
+                        Some(Err(e)) => st.fail(e),
+                        None => {
+                            st.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                            st.finished = true;
+                        }
+                    }
                 }
                 Some(GenEvent::Error(e)) => st.fail(e),
                 None => st.fail(EngineError::Unavailable),

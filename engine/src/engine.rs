@@ -185,7 +185,17 @@ fn export_thread_count(n: usize) {
             std::env::set_var(key, &value);
         }
     }
+    // candle's barrier-pool workers spin this many rounds before sleeping (default 25,000).
+    // Measured on a 2-vCPU machine with SmolLM2 Q4_1 and 2 threads (docs/performance.md):
+    // 200 gave 30-33 tok/s against 17-20 for the default, 0, 50, 1,000 and 5,000. An explicit
+    // CANDLE_BARRIER_POOL_SPIN_LIMIT in the environment wins.
+    if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
+        std::env::set_var(SPIN_LIMIT_VAR, DEFAULT_SPIN_LIMIT.to_string());
+    }
 }
+
+const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+const DEFAULT_SPIN_LIMIT: u32 = 200;
 
 impl LanguageModel for Model {
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {

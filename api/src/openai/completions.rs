@@ -1,12 +1,16 @@
-//! POST /v1/completions (legacy text completions): prompt as a string, one-element string
-//! array, token ids or one-element array of token-id arrays; `echo`; `max_tokens` defaulting to
-//! 16 as the spec says; `logprobs` (0..5) in the legacy {tokens, token_logprobs, top_logprobs,
+//! POST /v1/completions (legacy text completions): one choice per prompt (a string, an array of
+//! strings, token ids or an array of token-id arrays, read by `prompts`), each prompt its own
+//! generation run one after another, usage summed; `echo`; `max_tokens` defaulting to 16 as the
+//! spec says; `logprobs` (0..5) in the legacy {tokens, token_logprobs, top_logprobs,
 //! text_offset} format; sync and SSE. `suffix`, `best_of > 1` and `n > 1` are 400s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ai_sandbox_engine::{FinishReason, GenEvent, GenerateRequest, Timings, TokenLogprob, Usage};
+use ai_sandbox_engine::{
+    EngineError, FinishReason, GenEvent, GenerateRequest, SamplingParams, Timings, TokenLogprob,
+    Usage,
+};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,9 +22,11 @@ use super::common::{
     collect, new_id, resolve_max_tokens, sampling_params, stop_strings, unix_now, ApiJson,
     SamplingInput, StopField, StreamOptions, TimingsDto, UsageDto, SYSTEM_FINGERPRINT,
 };
+use super::prompts::{parse_prompts, PromptInput};
 use crate::error::ApiError;
-use crate::sse::{sse_response, ChunkMaker};
+use crate::sse::{sse_response, ChunkMaker, NextGeneration};
 use crate::{AppState, Backend};
+use tokio::sync::mpsc::Receiver;
 
 /// The spec's default for `max_tokens` on this endpoint.
 pub const DEFAULT_MAX_TOKENS: usize = 16;
@@ -48,66 +54,6 @@ pub struct CompletionRequest {
     pub stop: Option<StopField>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-}
-
-/// The prompt, as text or token ids.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PromptInput {
-    Text(String),
-    Tokens(Vec<u32>),
-}
-
-fn token_ids(v: &[Value], vocab: usize, param: &str) -> Result<Vec<u32>, ApiError> {
-    v.iter()
-        .map(|x| {
-            x.as_u64()
-                .filter(|&id| (id as usize) < vocab)
-                .map(|id| id as u32)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("Token ids in '{param}' must be integers in 0..{vocab}; got {x}."),
-                        Some(param),
-                    )
-                })
-        })
-        .collect()
-}
-
-/// Read `prompt` (string, [string], int[] or [int[]]); more than one prompt is a 400.
-pub fn parse_prompt(p: Option<&Value>, vocab: usize) -> Result<PromptInput, ApiError> {
-    let many = || {
-        ApiError::invalid(
-            "Only one prompt per request is supported (it would need n > 1 choices); send the prompts as separate requests.",
-            Some("prompt"),
-        )
-    };
-    let bad = || {
-        ApiError::invalid(
-            "'prompt' must be a string, an array of strings, or token ids.",
-            Some("prompt"),
-        )
-    };
-    match p {
-        None | Some(Value::Null) => Err(ApiError::invalid("'prompt' is required.", Some("prompt"))),
-        Some(Value::String(s)) => Ok(PromptInput::Text(s.clone())),
-        Some(Value::Array(a)) if a.is_empty() => Err(ApiError::invalid(
-            "'prompt' must not be empty.",
-            Some("prompt"),
-        )),
-        Some(Value::Array(a)) => match &a[0] {
-            Value::String(_) if a.len() > 1 => Err(many()),
-            Value::String(s) => Ok(PromptInput::Text(s.clone())),
-            Value::Number(_) => Ok(PromptInput::Tokens(token_ids(a, vocab, "prompt")?)),
-            Value::Array(_) if a.len() > 1 => Err(many()),
-            Value::Array(inner) if inner.is_empty() => Err(ApiError::invalid(
-                "'prompt' must not be empty.",
-                Some("prompt"),
-            )),
-            Value::Array(inner) => Ok(PromptInput::Tokens(token_ids(inner, vocab, "prompt")?)),
-            _ => Err(bad()),
-        },
-        Some(_) => Err(bad()),
-    }
 }
 
 /// The legacy `logprobs` object.
@@ -160,14 +106,79 @@ struct Completion<'a> {
     timings: Option<TimingsDto>,
 }
 
+/// One prompt, tokenized and checked against the context.
+struct Prepared {
+    tokens: Vec<u32>,
+    /// The prompt's text, when `echo` asks for it back.
+    echo: Option<String>,
+    max_tokens: usize,
+}
+
+/// What the generations of every prompt of one request share.
+struct Generation {
+    backend: Arc<dyn Backend>,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    logprobs: Option<usize>,
+}
+
+impl Generation {
+    /// Start one prompt's generation: queued in the backend, or answered at once when there is
+    /// nothing to generate (`max_tokens` 0, e.g. echo-only requests).
+    fn start(
+        &self,
+        tokens: Vec<u32>,
+        max_tokens: usize,
+    ) -> Result<Receiver<GenEvent>, EngineError> {
+        if max_tokens == 0 {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let usage = Usage {
+                prompt_tokens: tokens.len(),
+                completion_tokens: 0,
+            };
+            let _ = tx.try_send(GenEvent::Done {
+                finish_reason: FinishReason::Length,
+                usage,
+                timings: Timings::default(),
+            });
+            return Ok(rx);
+        }
+        self.backend.submit(GenerateRequest {
+            prompt: tokens,
+            sampling: self.sampling.clone(),
+            stop: self.stop.clone(),
+            max_tokens,
+            logprobs: self.logprobs,
+        })
+    }
+}
+
+fn add_up(total: &mut (Usage, Timings), usage: Usage, timings: Timings) {
+    total.0.prompt_tokens += usage.prompt_tokens;
+    total.0.completion_tokens += usage.completion_tokens;
+    total.1.prompt_n += timings.prompt_n;
+    total.1.prompt_ms += timings.prompt_ms;
+    total.1.predicted_n += timings.predicted_n;
+    total.1.predicted_ms += timings.predicted_ms;
+}
+
+/// The SSE chunks of a completions stream; the prompts run one after another, each prompt's
+/// chunks carry its choice `index`, and the usage chunk (summed over prompts) comes last.
 struct CompletionChunks {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
-    logprobs: bool,
+    gen: Generation,
+    /// Prompts whose generation has not started yet, in order.
+    rest: VecDeque<Prepared>,
+    /// The choice index of the running generation.
+    index: u32,
+    /// The running prompt's echo, sent by `start`.
     echo: Option<String>,
+    /// Char offset of the next token in the running choice's text.
     offset: usize,
+    total: (Usage, Timings),
 }
 
 impl CompletionChunks {
@@ -189,62 +200,69 @@ impl CompletionChunks {
         };
         serde_json::to_value(c).unwrap_or(Value::Null)
     }
-}
 
-impl ChunkMaker for CompletionChunks {
-    fn start(&mut self) -> Vec<Value> {
+    fn text_chunk(&self, text: String, logprobs: Option<LegacyLogprobs>) -> Value {
+        let choice = CompletionChoice {
+            text,
+            index: self.index,
+            logprobs,
+            finish_reason: None,
+        };
+        self.chunk(vec![choice], None, None)
+    }
+
+    /// The running prompt's echo chunk, if it has one.
+    fn echo_chunk(&mut self) -> Vec<Value> {
         match self.echo.take() {
             Some(text) if !text.is_empty() => {
-                let lp = self.logprobs.then(LegacyLogprobs::default);
-                vec![self.chunk(
-                    vec![CompletionChoice {
-                        text,
-                        index: 0,
-                        logprobs: lp,
-                        finish_reason: None,
-                    }],
-                    None,
-                    None,
-                )]
+                let lp = self.gen.logprobs.map(|_| LegacyLogprobs::default());
+                vec![self.text_chunk(text, lp)]
             }
             _ => vec![],
         }
     }
+}
+
+impl ChunkMaker for CompletionChunks {
+    fn start(&mut self) -> Vec<Value> {
+        self.echo_chunk()
+    }
 
     fn delta(&mut self, text: String, logprobs: Vec<TokenLogprob>) -> Vec<Value> {
-        if text.is_empty() && (logprobs.is_empty() || !self.logprobs) {
+        let with_lp = self.gen.logprobs.is_some();
+        if text.is_empty() && (logprobs.is_empty() || !with_lp) {
             return vec![];
         }
-        let lp = if self.logprobs {
-            Some(legacy_logprobs(logprobs, &mut self.offset))
-        } else {
-            None
-        };
-        vec![self.chunk(
-            vec![CompletionChoice {
-                text,
-                index: 0,
-                logprobs: lp,
-                finish_reason: None,
-            }],
-            None,
-            None,
-        )]
+        let lp = with_lp.then(|| legacy_logprobs(logprobs, &mut self.offset));
+        vec![self.text_chunk(text, lp)]
     }
 
     fn done(&mut self, finish: FinishReason, usage: Usage, timings: Timings) -> Vec<Value> {
-        let t = Some(TimingsDto::from(timings));
+        add_up(&mut self.total, usage, timings);
         let fin = CompletionChoice {
             text: String::new(),
-            index: 0,
+            index: self.index,
             logprobs: None,
             finish_reason: Some(finish.as_str()),
         };
-        let mut out = vec![self.chunk(vec![fin], None, t)];
-        if self.include_usage {
-            out.push(self.chunk(vec![], Some(usage.into()), t));
+        let mut out = vec![self.chunk(vec![fin], None, Some(timings.into()))];
+        if self.include_usage && self.rest.is_empty() {
+            let (u, t) = self.total;
+            out.push(self.chunk(vec![], Some(u.into()), Some(t.into())));
         }
         out
+    }
+
+    fn next(&mut self) -> Option<NextGeneration> {
+        let p = self.rest.pop_front()?;
+        self.index += 1;
+        self.offset = p.echo.as_deref().map_or(0, |t| t.chars().count());
+        self.echo = p.echo;
+        Some(
+            self.gen
+                .start(p.tokens, p.max_tokens)
+                .map(|rx| (self.echo_chunk(), rx)),
+        )
     }
 }
 
@@ -292,7 +310,71 @@ fn check_unsupported(r: &CompletionRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// POST /v1/completions.
+/// Tokenize each prompt (keeping its text when echoed) and check it against the context; with
+/// several prompts an error says which one (`prompt[i]`), and always names `prompt`.
+async fn prepare(
+    backend: &Arc<dyn Backend>,
+    inputs: Vec<PromptInput>,
+    echo: bool,
+    requested: Option<u64>,
+) -> Result<Vec<Prepared>, ApiError> {
+    let b = backend.clone();
+    let tokenized = blocking(move || {
+        inputs
+            .into_iter()
+            .map(|p| match p {
+                PromptInput::Text(t) => {
+                    Ok((b.tokenize(&t, b.add_bos_default())?, echo.then_some(t)))
+                }
+                PromptInput::Tokens(ids) => {
+                    let text = if echo {
+                        Some(b.detokenize(&ids)?)
+                    } else {
+                        None
+                    };
+                    Ok((ids, text))
+                }
+            })
+            .collect::<Result<Vec<_>, EngineError>>()
+    })
+    .await?;
+    let several = tokenized.len() > 1;
+    let ctx = backend.ctx_size();
+    tokenized
+        .into_iter()
+        .enumerate()
+        .map(|(i, (tokens, echo))| {
+            let checked = if tokens.is_empty() {
+                Err(ApiError::invalid(
+                    "'prompt' must not be empty.",
+                    Some("prompt"),
+                ))
+            } else {
+                resolve_max_tokens(
+                    tokens.len(),
+                    ctx,
+                    requested,
+                    Some(DEFAULT_MAX_TOKENS),
+                    "prompt",
+                )
+            };
+            match checked {
+                Ok(max_tokens) => Ok(Prepared {
+                    tokens,
+                    echo,
+                    max_tokens,
+                }),
+                Err(mut e) if several => {
+                    e.object.message = format!("prompt[{i}]: {}", e.object.message);
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .collect()
+}
+
+/// POST /v1/completions: one choice per prompt, generated one after another.
 pub async fn handle(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CompletionRequest>,
@@ -301,7 +383,7 @@ pub async fn handle(
     let model = state.resolve_model(backend.as_ref(), req.model.as_deref())?;
     check_unsupported(&req)?;
     let vocab = backend.vocab_size();
-    let prompt_in = parse_prompt(req.prompt.as_ref(), vocab)?;
+    let inputs = parse_prompts(req.prompt.as_ref(), vocab)?;
     let sampling = sampling_params(
         &SamplingInput {
             temperature: req.temperature,
@@ -318,36 +400,9 @@ pub async fn handle(
     )?;
     let stop = stop_strings(req.stop.as_ref())?;
     let echo = req.echo.unwrap_or(false);
-    let b = backend.clone();
-    let (prompt, prompt_text) = blocking(move || match prompt_in {
-        PromptInput::Text(t) => Ok((
-            b.tokenize(&t, b.add_bos_default())?,
-            if echo { Some(t) } else { None },
-        )),
-        PromptInput::Tokens(ids) => {
-            let text = if echo {
-                Some(b.detokenize(&ids)?)
-            } else {
-                None
-            };
-            Ok((ids, text))
-        }
-    })
-    .await?;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid(
-            "'prompt' must not be empty.",
-            Some("prompt"),
-        ));
-    }
-    let max_tokens = resolve_max_tokens(
-        prompt.len(),
-        backend.ctx_size(),
-        req.max_tokens,
-        Some(DEFAULT_MAX_TOKENS),
-        "prompt",
-    )?;
-    let logprobs = req.logprobs.map(|l| l as usize);
+    let mut prompts: VecDeque<Prepared> = prepare(&backend, inputs, echo, req.max_tokens)
+        .await?
+        .into();
     let stream = req.stream.unwrap_or(false);
     let include_usage = req
         .stream_options
@@ -355,69 +410,68 @@ pub async fn handle(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     tracing::info!(
-        prompt_tokens = prompt.len(),
-        max_tokens,
+        prompts = prompts.len(),
+        prompt_tokens = prompts.iter().map(|p| p.tokens.len()).sum::<usize>(),
+        max_tokens = prompts.iter().map(|p| p.max_tokens).max().unwrap_or(0),
         stream,
         "text completion"
     );
-    let prompt_len = prompt.len();
-    let rx = if max_tokens == 0 {
-        // Nothing to generate (echo-only requests): answer without queueing.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let usage = Usage {
-            prompt_tokens: prompt_len,
-            completion_tokens: 0,
-        };
-        let _ = tx.try_send(GenEvent::Done {
-            finish_reason: FinishReason::Length,
-            usage,
-            timings: Timings::default(),
-        });
-        rx
-    } else {
-        backend.submit(GenerateRequest {
-            prompt,
-            sampling,
-            stop,
-            max_tokens,
-            logprobs,
-        })?
+    let gen = Generation {
+        backend,
+        sampling,
+        stop,
+        logprobs: req.logprobs.map(|l| l as usize),
     };
     let id = new_id("cmpl");
     let created = unix_now();
-    let echo_chars = prompt_text.as_deref().map_or(0, |t| t.chars().count());
     if stream {
+        let Some(first) = prompts.pop_front() else {
+            return Err(ApiError::invalid(
+                "'prompt' must not be empty.",
+                Some("prompt"),
+            ));
+        };
+        // The first generation is queued here, so a full queue is still a 429 status.
+        let rx = gen.start(first.tokens, first.max_tokens)?;
         let maker = CompletionChunks {
             id,
             created,
             model,
             include_usage,
-            logprobs: logprobs.is_some(),
-            echo: prompt_text,
-            offset: echo_chars,
+            gen,
+            rest: prompts,
+            index: 0,
+            offset: first.echo.as_deref().map_or(0, |t| t.chars().count()),
+            echo: first.echo,
+            total: Default::default(),
         };
         return Ok(sse_response(rx, maker));
     }
-    let c = collect(rx).await?;
-    let mut offset = echo_chars;
-    let text = match prompt_text {
-        Some(p) => p + &c.text,
-        None => c.text,
-    };
+    let mut choices = Vec::with_capacity(prompts.len());
+    let mut total = (Usage::default(), Timings::default());
+    for (index, p) in (0u32..).zip(prompts) {
+        // Dropping this future (client gone) drops the running receiver: that cancels it.
+        let c = collect(gen.start(p.tokens, p.max_tokens)?).await?;
+        add_up(&mut total, c.usage, c.timings);
+        let mut offset = p.echo.as_deref().map_or(0, |t| t.chars().count());
+        choices.push(CompletionChoice {
+            text: p.echo.unwrap_or_default() + &c.text,
+            index,
+            logprobs: gen
+                .logprobs
+                .map(|_| legacy_logprobs(c.logprobs, &mut offset)),
+            finish_reason: Some(c.finish.as_str()),
+        });
+    }
     let body = Completion {
         id: &id,
         object: "text_completion",
         created,
         model: &model,
         system_fingerprint: SYSTEM_FINGERPRINT,
-        choices: vec![CompletionChoice {
-            text,
-            index: 0,
-            logprobs: logprobs.map(|_| legacy_logprobs(c.logprobs, &mut offset)),
-            finish_reason: Some(c.finish.as_str()),
-        }],
-        usage: Some(Some(c.usage.into())),
-        timings: Some(c.timings.into()),
+        choices,
+        usage: Some(Some(total.0.into())),
+        timings: Some(total.1.into()),
     };
     Ok(Json(body).into_response())
 }
@@ -425,40 +479,6 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn prompt_forms() {
-        assert_eq!(
-            parse_prompt(Some(&json!("hi")), 10).unwrap(),
-            PromptInput::Text("hi".into())
-        );
-        assert_eq!(
-            parse_prompt(Some(&json!(["hi"])), 10).unwrap(),
-            PromptInput::Text("hi".into())
-        );
-        assert_eq!(
-            parse_prompt(Some(&json!([1, 2])), 10).unwrap(),
-            PromptInput::Tokens(vec![1, 2])
-        );
-        assert_eq!(
-            parse_prompt(Some(&json!([[3]])), 10).unwrap(),
-            PromptInput::Tokens(vec![3])
-        );
-        for bad in [
-            json!(["a", "b"]),
-            json!([[1], [2]]),
-            json!([10]),
-            json!([-1]),
-            json!([]),
-            json!(5),
-            json!({}),
-        ] {
-            let e = parse_prompt(Some(&bad), 10).unwrap_err();
-            assert_eq!(e.object.param.as_deref(), Some("prompt"), "{bad}");
-        }
-        assert!(parse_prompt(None, 10).is_err());
-    }
 
     #[test]
     fn legacy_offsets_advance() {

@@ -67,9 +67,14 @@ def validate_completion_chunk(chunk: dict) -> None:
 
     The spec uses CreateCompletionResponse for chunks too, but its `finish_reason` enum has no null,
     while every chunk before the last one carries `finish_reason: null` (as OpenAI does). Nulls are
-    swapped for "stop" only for the schema check; everything else is validated as is.
+    swapped for "stop" only for the schema check. Likewise with `stream_options.include_usage`
+    every chunk but the usage chunk carries `usage: null` (ChatCompletionStreamOptions: "All other
+    chunks will also include a `usage` field, but with a null value"), which CreateCompletionResponse
+    does not allow; a null `usage` is left out for the check. Everything else is validated as is.
     """
     patched = copy.deepcopy(chunk)
+    if "usage" in patched and patched["usage"] is None:
+        del patched["usage"]
     for choice in patched.get("choices", []):
         if isinstance(choice, dict) and choice.get("finish_reason", "missing") is None:
             choice["finish_reason"] = "stop"

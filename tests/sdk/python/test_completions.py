@@ -50,15 +50,65 @@ def test_array_prompt_forms(client, model_id):
     hello = client.completions.create(model=model_id, prompt="Hello", max_tokens=4, temperature=0)
     nested = client.completions.create(model=model_id, prompt=[[HELLO_ID]], max_tokens=4, temperature=0)
     assert nested.choices[0].text == hello.choices[0].text
-    # Several prompts: one choice each, in order, or a 400 that says `prompt` (never fewer choices).
+
+
+SEVERAL = ["The sky is", "Two plus two is", "Hello"]
+
+
+def test_several_prompts_one_choice_each(client, model_id):
+    singles = [client.completions.create(model=model_id, prompt=p, max_tokens=4, temperature=0) for p in SEVERAL]
+    raw = client.completions.with_raw_response.create(model=model_id, prompt=SEVERAL, max_tokens=4, temperature=0)
+    body = raw_json(raw)
+    validate("CreateCompletionResponse", body)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    # Greedy: each prompt's text is exactly what it gets on its own.
+    assert [c["text"] for c in body["choices"]] == [s.choices[0].text for s in singles]
+    assert [c["finish_reason"] for c in body["choices"]] == [s.choices[0].finish_reason for s in singles]
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == sum(s.usage.prompt_tokens for s in singles)
+    assert usage["completion_tokens"] == sum(s.usage.completion_tokens for s in singles)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # Token-id lists (int[][]) and echo work per prompt too.
+    ids = client.completions.create(
+        model=model_id, prompt=[[HELLO_ID], [HELLO_ID, 28]], max_tokens=4, temperature=0, echo=True)
+    assert [c.index for c in ids.choices] == [0, 1]
+    assert ids.choices[0].text == "Hello" + singles[2].choices[0].text
+    assert ids.choices[1].text.startswith("Hello")
+
+
+def test_too_many_prompts_is_a_named_400(client, model_id):
     try:
-        many = client.completions.create(
-            model=model_id, prompt=["The sky is", "Two plus two is"], max_tokens=4, temperature=0)
+        client.with_options(max_retries=0).completions.create(
+            model=model_id, prompt=[f"p{i}" for i in range(17)], max_tokens=1)
     except openai.BadRequestError as err:
         assert names_param(err, "prompt"), err.body
-        return
-    assert [c.index for c in many.choices] == [0, 1]
-    assert many.choices[1].text == single.choices[0].text
+    else:
+        raise AssertionError("17 prompts were accepted")
+
+
+def test_several_prompts_stream(http, client, model_id):
+    sync = client.completions.create(model=model_id, prompt=SEVERAL[:2], max_tokens=4, temperature=0)
+    body = {"model": model_id, "prompt": SEVERAL[:2], "max_tokens": 4, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    _, events = read_sse(http, "/v1/completions", body)
+    for event in events:
+        validate_completion_chunk(event)
+    assert len({e["id"] for e in events}) == 1
+    *content, last = events
+    assert last["choices"] == []
+    assert last["usage"]["completion_tokens"] == sync.usage.completion_tokens
+    assert last["usage"]["prompt_tokens"] == sync.usage.prompt_tokens
+    texts, finishes, order = {}, {}, []
+    for e in content:
+        assert e.get("usage") is None and len(e["choices"]) == 1
+        choice = e["choices"][0]
+        order.append(choice["index"])
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"] is not None:
+            finishes.setdefault(choice["index"], []).append(choice["finish_reason"])
+    assert order == sorted(order) and set(order) == {0, 1}, "prompts run one after another"
+    assert texts == {0: sync.choices[0].text, 1: sync.choices[1].text}
+    assert finishes == {0: [sync.choices[0].finish_reason], 1: [sync.choices[1].finish_reason]}
 
 
 def test_echo_prepends_prompt(client, model_id):

@@ -84,7 +84,10 @@ console.log(data.choices[0].message.content);
 
 @pytest.fixture(scope="module")
 def vendor(server_factory):
-    server = server_factory(served_model_name=VENDOR_MODEL, log_name="seeds")
+    # Three of the examples set no max_tokens, so a reply may run to the end of the context at
+    # temperature 1; node's fetch gives up after 300 s without response headers. A 2048-token
+    # context bounds that (still far more than the examples need) without touching the examples.
+    server = server_factory("--ctx-size", "2048", served_model_name=VENDOR_MODEL, log_name="seeds")
     yield server
     server.stop()
 
