@@ -6,6 +6,7 @@ pub mod chat_template;
 mod engine;
 mod error;
 pub mod gguf;
+pub(crate) mod kernels;
 pub mod model;
 mod sampler;
 mod stop;

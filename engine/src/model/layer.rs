@@ -8,28 +8,27 @@
 //! llama.cpp and HF's `repeat_kv`), so attention is one batched matmul per KV head with no copy
 //! of K/V per query head.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, RopeStyle};
-use super::weights;
+use super::weights::{self, Linear};
 use crate::gguf::GgufFile;
 use crate::EngineError;
 
 /// The weights and KV cache of one block.
 pub(crate) struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
-    wo: QMatMul,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
     k_cache: Tensor,
     v_cache: Tensor,
 }
@@ -134,7 +133,7 @@ impl Layer {
         let (l, hd) = (s.len, cfg.head_dim);
         let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
         let group = nh / nkv;
-        let proj = |w: &QMatMul, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
+        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
             let y = w.forward(h)?;
             match b {
                 Some(b) => y.broadcast_add(b),

@@ -1,5 +1,6 @@
 //! The forward pass of Llama-family models (llama, mistral, qwen2) loaded from GGUF: weights as
-//! stored (quantized matmuls through candle's `QMatMul`), RoPE tables and a preallocated KV cache
+//! stored (Q4_1 matmuls on our own SIMD kernels in `crate::kernels`, other types through
+//! candle's `QMatMul`), RoPE tables and a preallocated KV cache
 //! of `ctx_size` positions. One sequence at a time; the generation loop owns the positions.
 //!
 //! Invariants: cache entries `0..n_filled` hold the keys/values of the tokens last run at those
@@ -9,9 +10,11 @@
 //! looked up); the KV cache is f32, `2 * n_layers * n_kv_heads * ctx_size * head_dim * 4` bytes
 //! (SmolLM2-135M at 8192 positions: 377 MB; pass a smaller `ctx_size` to shrink it).
 //!
-//! Threads: candle 0.11's quantized matmuls run on candle's own global "barrier pool", sized once
-//! from `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the physical core count) on first
-//! use, NOT on the caller's rayon pool; the f32 matmuls (attention) use gemm with
+//! Threads: Q4_1 matmuls run on our kernels (`crate::kernels`) on the current rayon pool (the
+//! caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
+//! (every other weight type, e.g. SmolLM2's Q8_0 tied output) run on candle's own global
+//! "barrier pool", sized once from `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the
+//! physical core count) on first use, NOT on the caller's rayon pool; the f32 matmuls (attention) use gemm with
 //! `RAYON_NUM_THREADS` tasks on the current rayon pool, and candle-nn's norm/rope/softmax kernels
 //! use the current rayon pool. So a `--threads N` setting must export `CANDLE_NUM_THREADS=N` and
 //! `RAYON_NUM_THREADS=N` before the first tensor op, in addition to any `ThreadPool::install`.
@@ -26,11 +29,11 @@ mod weights;
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
 use layer::{Layer, Step};
+use weights::Linear;
 
 use crate::gguf::GgufFile;
 use crate::EngineError;
@@ -62,7 +65,7 @@ pub struct Model {
     layers: Vec<Layer>,
     output_norm: Tensor,
     /// `output.weight`, or the embedding table when the model ties them.
-    output: QMatMul,
+    output: Linear,
     rope_cos: Tensor,
     rope_sin: Tensor,
 }
@@ -123,7 +126,7 @@ impl Model {
         let output = if gguf.has_tensor("output.weight") {
             weights::matrix(gguf, requantize, "output.weight", vocab, hidden, &device)?
         } else {
-            QMatMul::from_arc(embeddings.clone()).map_err(|e| {
+            Linear::new(embeddings.clone()).map_err(|e| {
                 EngineError::Load(format!("tied output from token_embd.weight: {e}"))
             })?
         };

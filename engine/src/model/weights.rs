@@ -4,10 +4,71 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::gguf::GgufFile;
+use crate::kernels::Q4_1Matrix;
 use crate::EngineError;
+
+/// A weight matrix for `x @ W^T`: Q4_1 runs on our SIMD kernels (candle's are scalar),
+/// every other type on candle's `QMatMul`.
+pub(crate) enum Linear {
+    Candle(QMatMul),
+    Q4_1(Q4_1Matrix),
+}
+
+impl Linear {
+    /// Picks the implementation for a loaded tensor. `AI_SANDBOX_KERNEL=candle` keeps candle's
+    /// kernels for every type (for comparisons), and so do candle's `CANDLE_DEQUANTIZE_ALL` /
+    /// `CANDLE_DEQUANTIZE_ALL_F16` (which make `QMatMul` dequantize the weights at load).
+    pub(crate) fn new(t: Arc<QTensor>) -> Result<Linear, EngineError> {
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
+        let candle_only = std::env::var("AI_SANDBOX_KERNEL").is_ok_and(|v| v == "candle")
+            || set("CANDLE_DEQUANTIZE_ALL")
+            || set("CANDLE_DEQUANTIZE_ALL_F16");
+        if t.dtype() == GgmlDType::Q4_1 && !candle_only && t.device().is_cpu() {
+            return Ok(Linear::Q4_1(Q4_1Matrix::new(t)?));
+        }
+        QMatMul::from_arc(t)
+            .map(Linear::Candle)
+            .map_err(|e| EngineError::Load(format!("weight matrix: {e}")))
+    }
+
+    /// `x[.., in] @ W^T -> [.., out]`, f32.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let m = match self {
+            Linear::Candle(m) => return m.forward(x),
+            Linear::Q4_1(m) => m,
+        };
+        let dims = x.dims().to_vec();
+        let cols = dims.last().copied().unwrap_or(0);
+        if cols != m.cols() {
+            candle_core::bail!(
+                "Q4_1 matmul: input {dims:?}, weight has {} columns",
+                m.cols()
+            );
+        }
+        let l = x.elem_count() / cols.max(1);
+        let x = x.contiguous()?; // no copy when already contiguous (the model's case)
+        let y = {
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("Q4_1 kernel runs on the CPU only");
+            };
+            let start = layout.start_offset();
+            let xs = cpu
+                .as_slice::<f32>()?
+                .get(start..start + l * cols)
+                .ok_or_else(|| candle_core::Error::Msg("Q4_1 matmul: short input".into()))?;
+            m.matmul(xs, l)?
+        };
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = m.rows();
+        }
+        Tensor::from_vec(y, out, x.device())
+    }
+}
 
 /// The tensor storage types we load: every type candle's CPU matmul implements and that
 /// llama.cpp writes for weights (Q8_1 and Q8_K are activation-only formats and refused).
@@ -48,7 +109,8 @@ pub(crate) fn qtensor(
 }
 
 /// A weight matrix ready for `x @ W^T`. With `requantize`, Q4_1/Q5_0/Q5_1 matrices are
-/// converted to Q8_0 (candle has SIMD kernels for Q8_0 but only scalar ones for those types).
+/// converted to Q8_0 (candle has SIMD kernels for Q8_0 but only scalar ones for those types);
+/// without it Q4_1 runs on our own kernels (see [`Linear`]).
 pub(crate) fn matrix(
     gguf: &mut GgufFile,
     requantize: bool,
@@ -56,7 +118,7 @@ pub(crate) fn matrix(
     rows: usize,
     cols: usize,
     device: &Device,
-) -> Result<QMatMul, EngineError> {
+) -> Result<Linear, EngineError> {
     let wrap = |e: candle_core::Error| EngineError::Load(format!("tensor `{name}`: {e}"));
     let mut t = qtensor(gguf, name, rows, cols, device)?;
     if requantize
@@ -68,7 +130,7 @@ pub(crate) fn matrix(
         let f = t.dequantize(device).map_err(wrap)?;
         t = QTensor::quantize(&f, GgmlDType::Q8_0).map_err(wrap)?;
     }
-    QMatMul::from_arc(Arc::new(t)).map_err(wrap)
+    Linear::new(Arc::new(t)).map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
 }
 
 /// A 1-D tensor (norm weight, bias, rope factors) of length `n`, as f32.
