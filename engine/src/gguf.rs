@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
@@ -129,14 +129,16 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// A tensor's header (type, shape), or a load error naming the missing tensor.
+    pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, EngineError> {
+        self.content.tensor_infos.get(name).ok_or_else(|| {
+            EngineError::Load(format!("{}: tensor `{name}` is missing", self.path.display()))
+        })
+    }
+
     /// Read one tensor (quantized or not) from the file onto `device`.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor, EngineError> {
-        if !self.has_tensor(name) {
-            return Err(EngineError::Load(format!(
-                "{}: tensor `{name}` is missing",
-                self.path.display()
-            )));
-        }
+        self.tensor_info(name)?;
         self.content
             .tensor(&mut self.reader, name, device)
             .map_err(|e| EngineError::Load(format!("{}: tensor `{name}`: {e}", self.path.display())))

@@ -85,16 +85,7 @@ impl Model {
     ) -> Result<Model, EngineError> {
         let requantize = options.requantize_to_q8_0;
         let device = Device::Cpu;
-        let embd_info = gguf
-            .content()
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| {
-                EngineError::Load(format!(
-                    "{}: tensor `token_embd.weight` is missing",
-                    gguf.path().display()
-                ))
-            })?;
+        let embd_info = gguf.tensor_info("token_embd.weight")?;
         let vocab_rows = match embd_info.shape.dims() {
             [rows, _] => *rows,
             other => {

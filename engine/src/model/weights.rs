@@ -92,12 +92,7 @@ pub(crate) fn qtensor(
     cols: usize,
     device: &Device,
 ) -> Result<QTensor, EngineError> {
-    let info = gguf.content().tensor_infos.get(name).ok_or_else(|| {
-        EngineError::Load(format!(
-            "{}: tensor `{name}` is missing",
-            gguf.path().display()
-        ))
-    })?;
+    let info = gguf.tensor_info(name)?;
     check_dtype(name, info.ggml_dtype)?;
     let dims = info.shape.dims().to_vec();
     if dims != [rows, cols] {
@@ -140,12 +135,7 @@ pub(crate) fn vector(
     n: usize,
     device: &Device,
 ) -> Result<Tensor, EngineError> {
-    let info = gguf.content().tensor_infos.get(name).ok_or_else(|| {
-        EngineError::Load(format!(
-            "{}: tensor `{name}` is missing",
-            gguf.path().display()
-        ))
-    })?;
+    let info = gguf.tensor_info(name)?;
     check_dtype(name, info.ggml_dtype)?;
     let dims = info.shape.dims().to_vec();
     if dims != [n] {
