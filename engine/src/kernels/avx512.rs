@@ -4,9 +4,6 @@
 //! gives 16 i32 partial sums (8 per block), scaled by `d_w*d_x` of their block in one FMA.
 //! An odd last block runs on 256-bit vectors. Up to 4 tokens share each expanded weight pair.
 
-// Gated behind the `avx512` cargo feature, which documents that it needs Rust >= 1.89.
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 
 use super::q4_1::{Q8_1Rows, BLOCK_BYTES, QK};
