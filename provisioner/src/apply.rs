@@ -21,6 +21,8 @@ use crate::status::{self, Health};
 
 /// Longest wait for `running` after creation.
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How often the setup phase is read over SSH during the health wait.
+const PHASE_READ_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What this run has created so far (shared with the Ctrl-C path).
 #[derive(Debug, Default, Clone)]
@@ -458,8 +460,12 @@ async fn wait_healthy(
     let start = Instant::now();
     let phase: Arc<Mutex<Option<PhaseEvent>>> = Arc::new(Mutex::new(None));
     // The phase comes from the instance's deploy log over SSH, in the background so a slow
-    // or refused SSH never delays the health polls. The test hook turns it off.
-    let reader = context::health_url_override().is_none().then(|| {
+    // or refused SSH never delays the health polls. The health test hook turns it off, unless
+    // the SSH test hook points it at a stand-in instance too.
+    let read_phases = context::health_url_override().is_none() || remote::ssh_override_set();
+    // Every 10 s; a shortened poll interval (test hook) shortens it in proportion.
+    let every = PHASE_READ_INTERVAL.min(poll.saturating_mul(10));
+    let reader = read_phases.then(|| {
         let phase = Arc::clone(&phase);
         let target = target.clone();
         tokio::spawn(async move {
@@ -469,7 +475,7 @@ async fn wait_healthy(
                         *p = Some(ev);
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(every).await;
             }
         })
     });

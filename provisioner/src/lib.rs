@@ -3,9 +3,9 @@
 //! commands. Rendering and planning do no IO; only the Linode client, the SSH modules and
 //! the command modules (`context`, `apply`, `destroy`, `status`, `remote`) touch the world.
 
-pub mod linode;
 pub mod cidr;
 pub mod config;
+pub mod linode;
 pub mod phase;
 pub mod render;
 pub mod ssh;

@@ -44,6 +44,11 @@ pub fn target(ip: &str, name: &str, config: Option<&Path>) -> Target {
     t
 }
 
+/// Whether the [`SSH_OVERRIDE_ENV`] test hook is in effect.
+pub fn ssh_override_set() -> bool {
+    ssh_override().is_some()
+}
+
 /// Test hook [`SSH_OVERRIDE_ENV`]: `user@host:port`.
 fn ssh_override() -> Option<(String, String, u16)> {
     let v = std::env::var(SSH_OVERRIDE_ENV).ok()?;

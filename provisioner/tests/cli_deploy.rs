@@ -134,6 +134,61 @@ fn rate_limits_and_server_errors_are_retried() {
     assert!(statuses.contains(&429) && statuses.contains(&503) && statuses.contains(&502));
 }
 
+/// A create that the API commits but whose answer is lost (here a 500): the client's
+/// retried POST gets "Label must be unique", and deploy must adopt the resource the first
+/// attempt made (found by tag and label) instead of failing or duplicating it.
+fn lost_create_is_adopted(path: &str) {
+    let env = Env::new();
+    env.fake
+        .inject("POST", path, Fault::CommitThenStatus(500), 1);
+    let run = env.deploy(&[]);
+    run.assert_code(0).assert_contains("BASE_URL=");
+    let posts: Vec<u16> = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        posts,
+        vec![500, 400],
+        "the retried POST must meet the lost create"
+    );
+    assert_eq!(env.fake.instance_count(), 1);
+    assert_eq!(env.fake.firewall_count(), 1);
+    let fw_id = env.fake.state().firewalls.keys().next().copied().unwrap();
+    let inst_id = env.fake.state().instances.keys().next().copied().unwrap();
+    assert!(run
+        .all()
+        .contains(&format!("Cloud Firewall ai-sandbox-fw ({fw_id})")));
+    assert!(run.all().contains(&format!("Created instance {inst_id} ")));
+    let instance_posts: Vec<Value> = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/linode/instances")
+        .filter_map(|r| r.body)
+        .collect();
+    assert!(!instance_posts.is_empty());
+    assert!(instance_posts
+        .iter()
+        .all(|b| b["firewall_id"] == json!(fw_id)));
+    env.assert_no_violations();
+    env.run(&["destroy", "-y"]).assert_code(0);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn lost_firewall_create_after_a_retried_post_is_adopted() {
+    lost_create_is_adopted("/networking/firewalls");
+}
+
+#[test]
+fn lost_instance_create_after_a_retried_post_is_adopted() {
+    lost_create_is_adopted("/linode/instances");
+}
+
 fn linode_error(reason: &str) -> Fault {
     Fault::Body {
         status: 400,

@@ -45,6 +45,11 @@ pub enum Fault {
     Busy,
     /// Any status with the given body (e.g. a Linode `errors[]` body).
     Body { status: u16, body: Value },
+    /// Performs the request (e.g. a create) and then answers this status with a generic
+    /// error body, as when the API commits but the answer is lost (a 5xx from a proxy, a
+    /// timeout): the client cannot know the change was made. If the request itself fails,
+    /// its own answer is returned.
+    CommitThenStatus(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -343,6 +348,12 @@ impl State {
             }
         };
         if let Some(fault) = self.take_fault(method, rel) {
+            if matches!(fault, Fault::CommitThenStatus(_)) {
+                let done = self.dispatch(method, rel, body.as_ref());
+                if !(200..300).contains(&done.status) {
+                    return done;
+                }
+            }
             return fault_reply(fault);
         }
         let items = match (method, collection) {
@@ -551,6 +562,11 @@ fn fault_reply(fault: Fault) -> Reply {
         }
         Fault::Busy => error(400, None, "Linode busy."),
         Fault::Body { status, body } => reply(status, body),
+        Fault::CommitThenStatus(status) => error(
+            status,
+            None,
+            "Internal Server Error (injected after the change was made)",
+        ),
     }
 }
 
