@@ -223,6 +223,7 @@ pub mod testing {
                 let usage = Usage {
                     prompt_tokens: req.prompt.len(),
                     completion_tokens: sent,
+                    cached_tokens: 0,
                 };
                 let timings = Timings {
                     prompt_n: req.prompt.len(),

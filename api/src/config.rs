@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ai_sandbox_engine::{DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -46,6 +47,16 @@ pub struct Args {
     /// Requests allowed to wait for the engine; more get 429 [default: 64].
     #[arg(long, env = "AI_SANDBOX_MAX_QUEUE", value_name = "N")]
     pub max_queue: Option<usize>,
+    /// KV-cache budget in MiB, shared by all running requests; must hold one full context
+    /// [default: two full contexts].
+    #[arg(long, env = "AI_SANDBOX_KV_CACHE_MB", value_name = "MIB")]
+    pub kv_cache_mb: Option<usize>,
+    /// Most requests generated together in one batch [default: 32].
+    #[arg(long, env = "AI_SANDBOX_MAX_SEQS", value_name = "N")]
+    pub max_seqs: Option<usize>,
+    /// Most tokens in one forward pass: all decodes plus prompt chunks [default: 256].
+    #[arg(long, env = "AI_SANDBOX_MAX_BATCH_TOKENS", value_name = "N")]
+    pub max_batch_tokens: Option<usize>,
     /// Require `Authorization: Bearer KEY` on /v1/* [default: any key or none accepted].
     #[arg(
         long,
@@ -67,6 +78,9 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
     pub max_queue: Option<usize>,
+    pub kv_cache_mb: Option<usize>,
+    pub max_seqs: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
     pub api_key: Option<String>,
 }
 
@@ -80,6 +94,9 @@ pub struct Config {
     pub threads: Option<usize>,
     pub ctx_size: Option<usize>,
     pub max_queue: usize,
+    pub kv_cache_mb: Option<usize>,
+    pub max_seqs: usize,
+    pub max_batch_tokens: usize,
     pub api_key: Option<String>,
 }
 
@@ -136,6 +153,12 @@ impl Config {
                 .max_queue
                 .or(file.max_queue)
                 .unwrap_or(DEFAULT_MAX_QUEUE),
+            kv_cache_mb: args.kv_cache_mb.or(file.kv_cache_mb),
+            max_seqs: args.max_seqs.or(file.max_seqs).unwrap_or(DEFAULT_MAX_SEQS),
+            max_batch_tokens: args
+                .max_batch_tokens
+                .or(file.max_batch_tokens)
+                .unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
             api_key: args.api_key.or(file.api_key).filter(|s| !s.is_empty()),
         };
         if cfg.threads == Some(0) {
@@ -146,6 +169,15 @@ impl Config {
         }
         if cfg.max_queue == 0 {
             return Err(ConfigError::Zero { name: "max-queue" });
+        }
+        if cfg.kv_cache_mb == Some(0) {
+            return Err(ConfigError::Zero { name: "kv-cache-mb" });
+        }
+        if cfg.max_seqs == 0 {
+            return Err(ConfigError::Zero { name: "max-seqs" });
+        }
+        if cfg.max_batch_tokens == 0 {
+            return Err(ConfigError::Zero { name: "max-batch-tokens" });
         }
         Ok(cfg)
     }

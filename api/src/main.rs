@@ -55,6 +55,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         threads: cfg.threads,
         ctx_size: cfg.ctx_size,
         max_queue: cfg.max_queue,
+        kv_cache_mb: cfg.kv_cache_mb,
+        max_seqs: cfg.max_seqs,
+        max_batch_tokens: cfg.max_batch_tokens,
     };
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();

@@ -274,7 +274,7 @@ async fn several_prompts_sync() {
     // BOS + bytes per prompt: 4 + 8 + 2 prompt tokens; 4 generated tokens each.
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 14, "completion_tokens": 12, "total_tokens": 26})
+        json!({"prompt_tokens": 14, "completion_tokens": 12, "total_tokens": 26, "prompt_tokens_details": {"cached_tokens": 0}})
     );
     assert_eq!(v["timings"]["prompt_n"], 14);
     assert_eq!(v["timings"]["predicted_n"], 12);
@@ -337,7 +337,7 @@ async fn several_prompts_stream() {
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(
         usage_chunk["usage"],
-        json!({"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21})
+        json!({"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21, "prompt_tokens_details": {"cached_tokens": 0}})
     );
     assert_eq!(usage_chunk["timings"]["predicted_n"], 9);
     let mut texts = vec![String::new(); 3];

@@ -25,12 +25,7 @@ async fn real_engine_end_to_end() {
         eprintln!("skipping: model file missing (run scripts/fetch-model)");
         return;
     };
-    let cfg = EngineConfig {
-        model,
-        threads: Some(2),
-        ctx_size: Some(2048),
-        max_queue: 4,
-    };
+    let cfg = EngineConfig { threads: Some(2), ctx_size: Some(2048), max_queue: 4, ..EngineConfig::new(model) };
     let backend = tokio::task::spawn_blocking(move || EngineBackend::load(cfg))
         .await
         .unwrap()

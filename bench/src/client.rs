@@ -61,6 +61,9 @@ pub enum BenchError {
     /// Something the server sent that is not what the OpenAI API describes.
     #[error("unexpected response: {0}")]
     Protocol(String),
+    /// The benchmark was asked for something it cannot run (no prompts, no clients, no pairs).
+    #[error("invalid benchmark setup: {0}")]
+    InvalidSetup(String),
 }
 
 /// Timings of one streamed request.
@@ -78,6 +81,12 @@ pub struct RequestSample {
     pub total_s: f64,
     /// (tokens - 1) / (last content chunk - first content chunk); `None` below 2 chunks.
     pub decode_tok_s: Option<f64>,
+    /// `usage.prompt_tokens`, when the server sent usage.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.prompt_tokens_details.cached_tokens`, when the server reports it.
+    pub cached_tokens: Option<u64>,
+    /// The server's own prefill time, `timings.prompt_ms` (llama.cpp-style), when it sends one.
+    pub server_prompt_ms: Option<f64>,
 }
 
 /// One concurrency level's results. Times in milliseconds, rates in tokens per second.
@@ -150,11 +159,17 @@ pub async fn first_model(client: &reqwest::Client, base_url: &str) -> Result<Str
         .ok_or_else(|| BenchError::Protocol(format!("{url} lists no model: {v}")))
 }
 
-/// The JSON body of one benchmark request.
+/// The JSON body of one benchmark request: `prompt` as the only (user) message.
 pub fn request_body(cfg: &BenchConfig, prompt: &str) -> Value {
+    chat_body(cfg, json!([{"role": "user", "content": prompt}]))
+}
+
+/// The JSON body of a streaming chat request with the given `messages` array and `cfg`'s
+/// model, `max_tokens` and banned token ids; temperature 0, usage requested.
+pub fn chat_body(cfg: &BenchConfig, messages: Value) -> Value {
     let mut body = json!({
         "model": cfg.model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
         "temperature": 0,
@@ -171,13 +186,23 @@ pub fn request_body(cfg: &BenchConfig, prompt: &str) -> Value {
     body
 }
 
-/// Sends one streaming chat completion and times its chunks.
+/// Sends one streaming chat completion with `prompt` as the user message and times its chunks.
 pub async fn stream_one(
     client: &reqwest::Client,
     cfg: &BenchConfig,
     prompt: &str,
 ) -> Result<RequestSample, BenchError> {
-    match tokio::time::timeout(cfg.timeout, stream_inner(client, cfg, prompt)).await {
+    stream_body(client, cfg, &request_body(cfg, prompt)).await
+}
+
+/// Sends one streaming chat completion of `body` (see [`chat_body`]) and times its chunks,
+/// within `cfg.timeout`.
+pub async fn stream_body(
+    client: &reqwest::Client,
+    cfg: &BenchConfig,
+    body: &Value,
+) -> Result<RequestSample, BenchError> {
+    match tokio::time::timeout(cfg.timeout, stream_inner(client, cfg, body)).await {
         Ok(r) => r,
         Err(_) => Err(BenchError::Timeout(cfg.timeout)),
     }
@@ -186,13 +211,13 @@ pub async fn stream_one(
 async fn stream_inner(
     client: &reqwest::Client,
     cfg: &BenchConfig,
-    prompt: &str,
+    body: &Value,
 ) -> Result<RequestSample, BenchError> {
     let url = format!("{}/chat/completions", cfg.base_url);
     let start = Instant::now();
     let resp = client
         .post(&url)
-        .json(&request_body(cfg, prompt))
+        .json(body)
         .send()
         .await
         .map_err(|e| unreachable(&url, e))?;
@@ -200,6 +225,12 @@ async fn stream_inner(
     let mut parser = SseParser::new();
     let mut stamps: Vec<Instant> = Vec::new();
     let mut usage_tokens: Option<u64> = None;
+    let mut prompt_tokens: Option<u64> = None;
+    let mut cached_tokens: Option<u64> = None;
+    let mut server_prompt_ms: Option<f64> = None;
+    // The first chunk with a finish_reason: the first token's arrival when no text was sent
+    // (e.g. max_tokens 1 and a token the server held back as a partial character).
+    let mut finished_at: Option<Instant> = None;
     let mut done = false;
     loop {
         let chunk = resp.chunk().await.map_err(|e| unreachable(&url, e))?;
@@ -228,6 +259,24 @@ async fn stream_inner(
                     {
                         usage_tokens = Some(n);
                     }
+                    let u64_at = |p: &str| v.pointer(p).and_then(Value::as_u64);
+                    prompt_tokens = u64_at("/usage/prompt_tokens").or(prompt_tokens);
+                    cached_tokens =
+                        u64_at("/usage/prompt_tokens_details/cached_tokens").or(cached_tokens);
+                    server_prompt_ms = v
+                        .pointer("/timings/prompt_ms")
+                        .and_then(Value::as_f64)
+                        .or(server_prompt_ms);
+                    let finishes = v
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+                        });
+                    if finishes && finished_at.is_none() {
+                        finished_at = Some(now);
+                    }
                     let has_content =
                         v.get("choices")
                             .and_then(Value::as_array)
@@ -255,8 +304,10 @@ async fn stream_inner(
         )));
     }
     let total_s = start.elapsed().as_secs_f64();
-    let Some(first) = stamps.first() else {
-        return Err(BenchError::Protocol("stream carried no content".into()));
+    let Some(first) = stamps.first().copied().or(finished_at) else {
+        return Err(BenchError::Protocol(
+            "stream carried neither content nor a finish_reason".into(),
+        ));
     };
     let ttft_s = first.duration_since(start).as_secs_f64();
     let itl_s: Vec<f64> = stamps
@@ -267,9 +318,10 @@ async fn stream_inner(
     let tokens = usage_tokens.unwrap_or(content_chunks);
     let span = stamps
         .last()
-        .map(|l| l.duration_since(*first).as_secs_f64())
+        .map(|l| l.duration_since(first).as_secs_f64())
         .unwrap_or(0.0);
-    let decode_tok_s = (content_chunks >= 2 && span > 0.0).then(|| (tokens - 1) as f64 / span);
+    let decode_tok_s =
+        (content_chunks >= 2 && span > 0.0).then(|| tokens.saturating_sub(1) as f64 / span);
     Ok(RequestSample {
         ttft_s,
         itl_s,
@@ -277,6 +329,9 @@ async fn stream_inner(
         tokens,
         total_s,
         decode_tok_s,
+        prompt_tokens,
+        cached_tokens,
+        server_prompt_ms,
     })
 }
 
@@ -291,7 +346,7 @@ pub async fn run_level(
     server_pid: Option<u32>,
 ) -> Result<LevelReport, BenchError> {
     if cfg.prompts.is_empty() || concurrency == 0 {
-        return Err(BenchError::Protocol(
+        return Err(BenchError::InvalidSetup(
             "need at least one prompt and one client".into(),
         ));
     }

@@ -1,9 +1,11 @@
-//! `ai-sandbox-bench` CLI: warm-up, then one run per concurrency level; a table or `--json`.
+//! `ai-sandbox-bench` CLI: warm-up, then one run per concurrency level, then (with
+//! `--prefix-cache`) the cold/warm system-prompt pairs; a table or `--json`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ai_sandbox_bench::client::{first_model, run_level, stream_one, BenchConfig, LevelReport};
+use ai_sandbox_bench::prefix::{run_prefix_cache, PrefixCacheConfig, DEFAULT_SYSTEM_PROMPT};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
@@ -51,6 +53,18 @@ struct Args {
     /// Prompt set: a JSON array of strings (default: the committed bench/prompts.json).
     #[arg(long, env = "AI_SANDBOX_BENCH_PROMPTS")]
     prompts: Option<PathBuf>,
+    /// After the levels, time the first token of requests sharing a long system prompt: cold
+    /// (a unique first line, nothing cached) versus warm (the same system text again), 3 pairs.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_PREFIX_CACHE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    prefix_cache: bool,
+    /// System prompt text file for --prefix-cache (default: the committed
+    /// bench/system-prompt.txt, about 1,000 tokens).
+    #[arg(long, env = "AI_SANDBOX_BENCH_SYSTEM_PROMPT", value_name = "FILE")]
+    system_prompt: Option<PathBuf>,
     /// Server process id: report its peak VmRSS per level (Linux /proc).
     #[arg(long, env = "AI_SANDBOX_BENCH_SERVER_PID")]
     server_pid: Option<u32>,
@@ -99,6 +113,20 @@ async fn run() -> Result<()> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
+    // Read before the levels run, so a bad path fails in seconds, not after the whole run.
+    let prefix_cfg = if args.prefix_cache {
+        let text = match &args.system_prompt {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading --system-prompt {}", p.display()))?,
+            None => DEFAULT_SYSTEM_PROMPT.to_string(),
+        };
+        if text.trim().is_empty() {
+            bail!("--system-prompt: the file is empty");
+        }
+        Some(PrefixCacheConfig::new(text))
+    } else {
+        None
+    };
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = &args.api_key {
         let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
@@ -149,6 +177,22 @@ async fn run() -> Result<()> {
             .with_context(|| format!("concurrency {c}"))?;
         levels.push(r);
     }
+    let prefix = match &prefix_cfg {
+        Some(pc) => {
+            if !args.json {
+                eprintln!(
+                    "prefix cache: {} cold/warm pairs, system prompt {} chars",
+                    pc.pairs,
+                    pc.system_prompt.chars().count()
+                );
+            }
+            let r = run_prefix_cache(&client, &cfg, pc)
+                .await
+                .context("prefix-cache scenario")?;
+            Some(r)
+        }
+        None => None,
+    };
     let single = levels.iter().find(|l| l.concurrency == 1);
     let single_decode = single.and_then(|l| l.decode_tok_s.p50);
     let rss_now = args
@@ -162,6 +206,7 @@ async fn run() -> Result<()> {
             "prompts": cfg.prompts.len(),
             "single_stream_decode_tok_s": single_decode,
             "levels": levels,
+            "prefix_cache": prefix,
             "server_rss_kib": rss_now.map(|(rss, _)| rss),
             "server_rss_hwm_kib": rss_now.map(|(_, hwm)| hwm),
         });
@@ -208,6 +253,9 @@ async fn run() -> Result<()> {
         );
     }
     println!("(times in ms; rss = peak VmRSS sampled during the level)");
+    if let Some(p) = &prefix {
+        println!("{}", p.line());
+    }
     if let Some((rss, hwm)) = rss_now {
         println!(
             "server RSS now {:.1} MiB, peak {:.1} MiB",

@@ -61,6 +61,36 @@ impl ChatTemplate {
         Self::from_source(source, &text("tokenizer.ggml.bos_token_id")?, &text("tokenizer.ggml.eos_token_id")?)
     }
 
+    /// For a Hugging Face folder: `chat_template.jinja` when present, else tokenizer_config.json's
+    /// `chat_template`, else ChatML (log a warning). `bos_token`/`eos_token` are tokenizer_config's
+    /// strings ("" when it has none), or without that file the texts of the tokenizer's BOS / first EOS.
+    pub fn from_hf_files(
+        tokenizer_config: Option<&std::path::Path>,
+        chat_template_jinja: Option<&std::path::Path>,
+        tok: &Tokenizer,
+    ) -> Result<ChatTemplate, EngineError> {
+        let cfg = match tokenizer_config {
+            Some(p) => crate::hf::TokenizerConfig::from_file(p)?,
+            None => crate::hf::TokenizerConfig::default(),
+        };
+        let source = match (chat_template_jinja, cfg.chat_template) {
+            (Some(p), _) => std::fs::read_to_string(p)
+                .map_err(|e| EngineError::Load(format!("{}: {e}", p.display())))?,
+            (None, Some(t)) => t,
+            (None, None) => {
+                tracing::warn!("the model has no chat template (chat_template.jinja or tokenizer_config.json); using ChatML");
+                CHATML.to_string()
+            }
+        };
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+        let (bos, eos) = match tokenizer_config {
+            // transformers renders a missing or null token as "" (qwen2 has no bos_token).
+            Some(_) => (cfg.bos_token.unwrap_or_default(), cfg.eos_token.unwrap_or_default()),
+            None => (text(tok.bos_id()), text(tok.eos_ids().first().copied())),
+        };
+        Self::from_source(&source, &bos, &eos)
+    }
+
     /// Compile a template given as text. A template that doesn't parse is `Unsupported`.
     pub fn from_source(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, EngineError> {
         let mut env = Environment::new();

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::gguf::GgufFile;
-use crate::model::Model;
-use crate::worker::{LanguageModel, Limits, Scheduler, TokenText, REUSE_BLOCK};
+use crate::model::{kv_bytes_per_block, LoadOptions, Model, ModelConfig, SeqInput, KV_BLOCK_SIZE};
+use crate::worker::{LanguageModel, Limits, Scheduler, TokenText};
+
+const MIB: usize = 1 << 20;
 use crate::{ChatMessage, ChatTemplate, EngineError, GenEvent, GenerateRequest, Tokenizer};
 
 /// How to start an [`Engine`].
@@ -30,8 +32,35 @@ pub struct EngineConfig {
     pub threads: Option<usize>,
     /// KV-cache length in tokens (None: the model's full context).
     pub ctx_size: Option<usize>,
-    /// Requests allowed to wait while one runs; more get `EngineError::QueueFull`.
+    /// Requests allowed to wait for a place in the batch; more get `EngineError::QueueFull`.
     pub max_queue: usize,
+    /// KV-cache budget in MiB (None: two full contexts). Must hold at least one full context.
+    pub kv_cache_mb: Option<usize>,
+    /// Most sequences generated together in one batch.
+    pub max_seqs: usize,
+    /// Most tokens in one forward pass (decodes plus prefill chunks).
+    pub max_batch_tokens: usize,
+}
+
+/// Default [`EngineConfig::max_seqs`].
+pub const DEFAULT_MAX_SEQS: usize = 32;
+/// Default [`EngineConfig::max_batch_tokens`]: a prefill chunk this long costs about as much as
+/// a few decode steps on a CPU, so running streams keep a steady pace while a prompt is read.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+
+impl EngineConfig {
+    /// The defaults for a model file: all cores, the model's context, queue of 64.
+    pub fn new(model: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            model: model.into(),
+            threads: None,
+            ctx_size: None,
+            max_queue: 64,
+            kv_cache_mb: None,
+            max_seqs: DEFAULT_MAX_SEQS,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+        }
+    }
 }
 
 /// Facts about the loaded model.
@@ -90,7 +119,9 @@ impl Engine {
             );
         }
 
-        let model = Model::load(&mut gguf, cfg.ctx_size)?;
+        let kv_blocks = kv_blocks(&mut gguf, &cfg)?;
+        let options = LoadOptions { kv_blocks, ..LoadOptions::default() };
+        let model = Model::load_with(&mut gguf, cfg.ctx_size, &options)?;
         let config = model.config();
         let name = config.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
             cfg.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
@@ -106,11 +137,16 @@ impl Engine {
             vocab_size: info.vocab_size,
             ctx_size: info.ctx_size,
             max_queue: cfg.max_queue,
-            block: REUSE_BLOCK,
+            block_size: KV_BLOCK_SIZE,
+            kv_blocks: model.kv_blocks(),
+            max_seqs: cfg.max_seqs,
+            max_batch_tokens: cfg.max_batch_tokens,
         };
+        let kv_mb = model.kv_blocks() * kv_bytes_per_block(model.config()) / MIB;
         let scheduler = Scheduler::spawn(model, tokenizer.clone(), Some(pool), limits)?;
         tracing::info!(
             model = %info.name, arch = %info.arch, ctx_size = info.ctx_size, threads = effective,
+            kv_cache_mb = kv_mb, kv_tokens = limits.kv_blocks * KV_BLOCK_SIZE, max_seqs = cfg.max_seqs,
             "engine ready"
         );
         Ok(Engine { inner: Arc::new(Inner { info, tokenizer, template, scheduler, threads: effective }) })
@@ -149,8 +185,8 @@ impl Engine {
         self.inner.tokenizer.decode(ids)
     }
 
-    /// Queue a generation. Err(QueueFull) when max_queue requests are already waiting (the
-    /// running one not counted); `InvalidInput`/`ContextLength` for a bad prompt or parameters.
+    /// Queue a generation. Err(QueueFull) when max_queue requests are already waiting for a
+    /// place in the batch; `InvalidInput`/`ContextLength` for a bad prompt or parameters.
     /// Events arrive on the receiver (zero or more `Delta`, then one `Done` or `Error`);
     /// dropping the receiver cancels the generation at the next token (or removes it from the
     /// queue). The consumer must keep reading or drop the receiver: the worker waits for room.
@@ -158,10 +194,38 @@ impl Engine {
         self.inner.scheduler.submit(req)
     }
 
-    /// Requests waiting for the worker (not the running one).
+    /// Requests waiting for a place in the batch (not the running ones).
     pub fn queue_len(&self) -> usize {
         self.inner.scheduler.queue_len()
     }
+}
+
+/// KV blocks for the configured budget: `--kv-cache-mb`, else two full contexts; at least one
+/// full context (else a load error naming the flags).
+fn kv_blocks(gguf: &mut GgufFile, cfg: &EngineConfig) -> Result<Option<usize>, EngineError> {
+    if cfg.max_seqs == 0 || cfg.max_batch_tokens == 0 {
+        return Err(EngineError::Load("--max-seqs and --max-batch-tokens must be at least 1".into()));
+    }
+    let embd = gguf.tensor_info("token_embd.weight")?;
+    let vocab_rows = embd.shape.dims().first().copied().unwrap_or(0);
+    let config = ModelConfig::from_gguf(gguf, vocab_rows)?;
+    // A --ctx-size beyond the model's context fails in Model::load with its own message.
+    let ctx = cfg.ctx_size.unwrap_or(config.context_length).min(config.context_length);
+    let need = ctx.div_ceil(KV_BLOCK_SIZE);
+    let Some(mb) = cfg.kv_cache_mb else {
+        return Ok(Some(2 * need));
+    };
+    let per_block = kv_bytes_per_block(&config);
+    let blocks = mb.saturating_mul(MIB) / per_block;
+    if blocks < need {
+        return Err(EngineError::Load(format!(
+            "--kv-cache-mb {mb} holds {} tokens, less than one full context of {ctx} tokens \
+             (needs at least {} MiB; or lower --ctx-size)",
+            blocks * KV_BLOCK_SIZE,
+            (need * per_block).div_ceil(MIB)
+        )));
+    }
+    Ok(Some(blocks))
 }
 
 /// `requested`, else `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else available parallelism.
@@ -198,8 +262,8 @@ const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 const DEFAULT_SPIN_LIMIT: u32 = 200;
 
 impl LanguageModel for Model {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
-        Model::forward(self, tokens, pos)
+    fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Model::forward_batch(self, seqs)
     }
 }
 
@@ -228,12 +292,7 @@ mod tests {
     #[test]
     fn explicit_threads_win_and_missing_model_is_a_load_error() {
         assert_eq!(decide_threads(Some(3)), 3);
-        let cfg = EngineConfig {
-            model: PathBuf::from("/nonexistent/model.gguf"),
-            threads: Some(1),
-            ctx_size: None,
-            max_queue: 1,
-        };
+        let cfg = EngineConfig { threads: Some(1), max_queue: 1, ..EngineConfig::new("/nonexistent/model.gguf") };
         assert!(matches!(Engine::load(cfg.clone()), Err(EngineError::Load(_))));
         assert!(matches!(Engine::load(EngineConfig { threads: Some(0), ..cfg }), Err(EngineError::Load(_))));
     }

@@ -1,11 +1,16 @@
 //! AI Sandbox's inference engine: GGUF models of the Llama family on candle-core tensors,
 //! a tokenizer and chat template built from the GGUF metadata, sampling, and a generation
-//! worker that serves requests from a bounded FIFO queue. Knows tensors, not HTTP.
+//! worker that batches requests continuously over a paged KV cache with prefix caching.
+//! Knows tensors, not HTTP.
+//! Hugging Face model folders (`hf`: config.json, tokenizer.json, safetensors, `hf:` downloads)
+//! are read into the same `ModelConfig`, `Tokenizer` and `ChatTemplate` types.
 
 pub mod chat_template;
 mod engine;
 mod error;
+pub(crate) mod kv;
 pub mod gguf;
+pub mod hf;
 pub(crate) mod kernels;
 pub mod model;
 mod sampler;
@@ -13,9 +18,11 @@ mod stop;
 pub mod tokenizer;
 mod types;
 mod worker;
+mod batch;
+mod sequence;
 
 pub use chat_template::ChatTemplate;
-pub use engine::{Engine, EngineConfig, ModelInfo};
+pub use engine::{Engine, EngineConfig, ModelInfo, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
 pub use error::EngineError;
 pub use tokenizer::Tokenizer;
 pub use types::*;

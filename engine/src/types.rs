@@ -107,6 +107,8 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys/values came from the prefix cache (not computed again).
+    pub cached_tokens: usize,
 }
 
 /// llama.cpp-style timings.

@@ -1,9 +1,9 @@
-//! The generation worker: one dedicated OS thread that takes requests from a bounded FIFO
-//! queue and runs them one at a time over the model's KV cache. Owns the queue, prefix reuse
-//! (which token ids are in the KV cache and which of them may be reused), the decode loop
-//! (sampling, EOS, stop strings,
-//! incremental UTF-8, max_tokens / context limits), usage and timings, cancellation and
-//! isolation of failures (an error or a panic ends one request, never the worker).
+//! The generation worker: one dedicated OS thread that takes requests from a bounded queue and
+//! runs them with continuous batching: each step it plans (`batch.rs`) which sequences advance,
+//! runs them together in one forward pass over the paged KV cache, and hands each finished
+//! prompt or decode step's logits to its sequence (`sequence.rs`) to sample and stream. Owns the
+//! queue, cancellation and the isolation of failures (an error or a panic in a forward pass ends
+//! the requests of that step, never the worker).
 //!
 //! It is generic over two small traits so its logic is tested with a fake model; `engine.rs`
 //! plugs in the real model and tokenizer.
@@ -11,32 +11,26 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::sampler::{log_softmax, top_n, Sampler};
-use crate::stop::{StopMatcher, Utf8Stream};
-use crate::{EngineError, FinishReason, GenEvent, GenerateRequest, Timings, TokenLogprob, TopLogprob, Usage};
+use crate::batch::{BatchLimits, Batcher, Planned};
+use crate::kv::BlockPool;
+use crate::model::SeqInput;
+use crate::sampler::Sampler;
+use crate::sequence::{Abort, Job, Seq};
+use crate::{EngineError, GenEvent, GenerateRequest};
 
-/// Prefill runs in chunks of this many tokens at positions aligned to multiples of it, and only
-/// whole chunks computed that way are reused by later requests.
-///
-/// Why: the model's logits depend slightly on how positions were batched (a 38-token prefill and
-/// 37 + 1 tokens give logprobs ~0.1 apart on SmolLM2 Q4_1), enough to change a greedy or seeded
-/// choice. With aligned chunks a prompt's computation is the same whether or not its prefix was
-/// cached, so the same request always gives the same text (temperature 0 or same seed).
-/// Prompts shorter than one chunk are always recomputed in full (cheap).
-pub(crate) const REUSE_BLOCK: usize = 64;
-
-/// Events buffered per request before the worker waits for the consumer.
+/// Events buffered per request; a client that lets this many pile up is paused (its sequence
+/// sits steps out) until it reads.
 const CHANNEL_CAPACITY: usize = 64;
 
 /// What the worker needs from a model.
 pub(crate) trait LanguageModel: Send + 'static {
-    /// Runs `tokens` at positions `pos..pos + tokens.len()` over the KV cache (entries at and
-    /// after `pos` are overwritten) and returns the logits of the last token.
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError>;
+    /// Runs a packed batch (see `Model::forward_batch`); returns the last-token logits of each
+    /// sequence that asks for them, in order.
+    fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError>;
 }
 
 /// What the worker needs from a tokenizer.
@@ -50,31 +44,32 @@ pub(crate) trait TokenText: Send + Sync + 'static {
     fn eos_ids(&self) -> &[u32];
 }
 
-/// Fixed facts about the model that requests are checked against.
+/// Fixed facts about the model and the server's limits that requests are checked against.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Length of the logits vector (token ids must be below it).
     pub vocab_size: usize,
-    /// KV cache capacity in tokens.
+    /// Longest sequence in tokens.
     pub ctx_size: usize,
-    /// Requests allowed to wait while one runs.
+    /// Requests allowed to wait for a place in the batch; more are refused (`QueueFull`).
     pub max_queue: usize,
-    /// Prefill chunk and prefix-reuse granularity ([`REUSE_BLOCK`]; smaller in tests).
-    pub block: usize,
-}
-
-struct Job {
-    req: GenerateRequest,
-    sampler: Sampler,
-    tx: mpsc::Sender<GenEvent>,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV blocks the model has (at least one full context).
+    pub kv_blocks: usize,
+    /// Most sequences in one batch.
+    pub max_seqs: usize,
+    /// Most tokens in one forward pass.
+    pub max_batch_tokens: usize,
 }
 
 #[derive(Default)]
 struct QueueState {
     jobs: VecDeque<Job>,
-    /// A request is running on the worker.
-    busy: bool,
+    /// Places in the batch the worker has free.
+    free_slots: usize,
     shutdown: bool,
+    next_arrival: u64,
 }
 
 struct Shared {
@@ -89,8 +84,8 @@ impl Shared {
     }
 }
 
-/// Handle to the worker thread and its queue. Dropping it stops the worker after the
-/// request it is running.
+/// Handle to the worker thread and its queue. Dropping it stops the worker once the sequences
+/// it is running have finished; queued ones are answered `Unavailable`.
 pub(crate) struct Scheduler {
     shared: Arc<Shared>,
     limits: Limits,
@@ -104,11 +99,25 @@ impl Scheduler {
         pool: Option<rayon::ThreadPool>,
         limits: Limits,
     ) -> Result<Scheduler, EngineError> {
-        let shared = Arc::new(Shared { state: Mutex::default(), wake: Condvar::new() });
-        if limits.block == 0 {
-            return Err(EngineError::Internal("prefill block size must be at least 1".into()));
+        if limits.block_size == 0 || limits.max_seqs == 0 || limits.max_batch_tokens == 0 {
+            return Err(EngineError::Load(
+                "the KV block size, --max-seqs and --max-batch-tokens must be at least 1".into(),
+            ));
         }
-        let worker = Worker { model, text, pool, limits, cache: Vec::new(), reusable: 0 };
+        if limits.kv_blocks * limits.block_size < limits.ctx_size {
+            return Err(EngineError::Load(format!(
+                "a KV cache of {} tokens cannot hold one full context of {} tokens",
+                limits.kv_blocks * limits.block_size,
+                limits.ctx_size
+            )));
+        }
+        let state = QueueState { free_slots: limits.max_seqs, ..QueueState::default() };
+        let shared = Arc::new(Shared { state: Mutex::new(state), wake: Condvar::new() });
+        let batcher = Batcher::new(
+            BlockPool::new(limits.kv_blocks, limits.block_size),
+            BatchLimits { max_seqs: limits.max_seqs, max_tokens: limits.max_batch_tokens },
+        );
+        let worker = Worker { model, text, pool, limits, batcher };
         let for_thread = shared.clone();
         std::thread::Builder::new()
             .name("engine-worker".into())
@@ -145,18 +154,20 @@ impl Scheduler {
             return Err(EngineError::Unavailable);
         }
         st.jobs.retain(|j| !j.tx.is_closed());
-        // An idle worker takes the next job at once, so it does not count as waiting.
-        let capacity = l.max_queue + usize::from(!st.busy);
+        // Free places in the batch take requests at once, so they don't count as waiting.
+        let capacity = l.max_queue + st.free_slots;
         if st.jobs.len() >= capacity {
             return Err(EngineError::QueueFull(st.jobs.len()));
         }
-        st.jobs.push_back(Job { req, sampler, tx });
+        let arrival = st.next_arrival;
+        st.next_arrival += 1;
+        st.jobs.push_back(Job { req, sampler, tx, arrival });
         drop(st);
         self.shared.wake.notify_one();
         Ok(rx)
     }
 
-    /// Requests waiting (not the running one); cancelled ones are not counted.
+    /// Requests waiting for a place in the batch; cancelled ones are not counted.
     pub fn queue_len(&self) -> usize {
         let mut st = self.shared.lock();
         st.jobs.retain(|j| !j.tx.is_closed());
@@ -171,223 +182,147 @@ impl Drop for Scheduler {
     }
 }
 
-/// Why a request ended early.
-enum Abort {
-    /// The receiver was dropped.
-    Cancelled,
-    Failed(EngineError),
-}
-
-impl From<EngineError> for Abort {
-    fn from(e: EngineError) -> Self {
-        Abort::Failed(e)
-    }
-}
-
 struct Worker<M, T> {
     model: M,
     text: Arc<T>,
     pool: Option<rayon::ThreadPool>,
     limits: Limits,
-    /// Token ids whose keys/values are in the model's KV cache, by position.
-    cache: Vec<u32>,
-    /// `cache[..reusable]` was computed by whole aligned prefill chunks (see [`REUSE_BLOCK`]).
-    reusable: usize,
+    batcher: Batcher,
 }
 
 impl<M: LanguageModel, T: TokenText> Worker<M, T> {
     fn run(mut self, shared: &Shared) {
         loop {
-            let mut job = {
+            self.batcher.drop_cancelled();
+            let (mut plan, mut budget) = self.batcher.plan_running();
+            // Preempted sequences first, then the queue, in order, while they fit.
+            while let Some(seq) = self.batcher.preempted.pop_front() {
+                if let Err(seq) = self.batcher.admit(seq, &mut budget, &mut plan) {
+                    self.batcher.preempted.push_front(seq);
+                    break;
+                }
+            }
+            let shutdown = {
                 let mut st = shared.lock();
-                st.busy = false;
-                loop {
-                    if st.shutdown {
-                        // Waiting requests get an answer instead of a silently closed channel.
-                        for job in st.jobs.drain(..) {
-                            let _ = job.tx.try_send(GenEvent::Error(EngineError::Unavailable));
-                        }
-                        return;
-                    }
-                    match st.jobs.pop_front() {
-                        Some(job) if job.tx.is_closed() => continue,
-                        Some(job) => {
-                            st.busy = true;
-                            break job;
-                        }
-                        None => st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    }
+                if self.batcher.preempted.is_empty() && !st.shutdown {
+                    self.take_jobs(&mut st, &mut budget, &mut plan);
                 }
+                st.free_slots = self.batcher.free_slots();
+                st.shutdown
             };
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut job)));
-            let err = match outcome {
-                Ok(Ok(())) | Ok(Err(Abort::Cancelled)) => None,
-                Ok(Err(Abort::Failed(e))) => Some(e),
-                Err(panic) => {
-                    // The model's state is unknown after a panic: forget the cache.
-                    self.cache.clear();
-                    self.reusable = 0;
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Some(EngineError::Internal(format!("the generation worker panicked: {msg}")))
+            if plan.is_empty() {
+                let mut st = shared.lock();
+                if st.shutdown && self.batcher.is_idle() {
+                    // Waiting requests get an answer instead of a silently closed channel.
+                    for job in st.jobs.drain(..) {
+                        let _ = job.tx.try_send(GenEvent::Error(EngineError::Unavailable));
+                    }
+                    return;
                 }
-            };
-            if let Some(e) = err {
-                tracing::warn!(error = %e, "generation failed");
-                let _ = job.tx.blocking_send(GenEvent::Error(e));
+                if self.batcher.is_idle() && st.jobs.is_empty() && !shutdown {
+                    drop(shared.wake.wait(st).unwrap_or_else(|e| e.into_inner()));
+                } else {
+                    // Sequences whose clients aren't reading, or no blocks for the queue yet.
+                    let timeout = Duration::from_millis(2);
+                    drop(shared.wake.wait_timeout(st, timeout).unwrap_or_else(|e| e.into_inner()));
+                }
+                continue;
             }
+            self.step(&plan);
         }
     }
 
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
-        let model = &mut self.model;
-        let res = match &self.pool {
-            Some(pool) => pool.install(|| model.forward(tokens, pos)),
-            None => model.forward(tokens, pos),
-        };
-        // Entries before `pos` are untouched by a forward pass; later ones are only valid on success.
-        self.cache.truncate(pos);
-        self.reusable = self.reusable.min(pos);
-        if res.is_ok() {
-            self.cache.extend_from_slice(tokens);
-        }
-        res
-    }
-
-    fn send(job: &Job, ev: GenEvent) -> Result<(), Abort> {
-        job.tx.blocking_send(ev).map_err(|_| Abort::Cancelled)
-    }
-
-    fn generate(&mut self, job: &mut Job) -> Result<(), Abort> {
-        let t_start = Instant::now();
-        let prompt = job.req.prompt.clone();
-        let n_prompt = prompt.len();
-        let max_tokens = job.req.max_tokens;
-        let mut usage = Usage { prompt_tokens: n_prompt, completion_tokens: 0 };
-        let mut timings = Timings::default();
-        if max_tokens == 0 {
-            let done = GenEvent::Done { finish_reason: FinishReason::Length, usage, timings };
-            return Self::send(job, done);
-        }
-
-        // Prefix reuse: whole aligned chunks shared with the cache, never the last prompt token
-        // (its logits are needed). Prefill goes on in aligned chunks.
-        let block = self.limits.block;
-        let common = self.cache.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
-        let start = common.min(self.reusable).min(n_prompt - 1) / block * block;
-        let mut logits = Vec::new();
-        for (i, chunk) in prompt[start..].chunks(block).enumerate() {
+    /// Admits queued jobs while they fit (FIFO: the first that doesn't fit stops the rest).
+    fn take_jobs(&mut self, st: &mut QueueState, budget: &mut usize, plan: &mut Vec<Planned>) {
+        while let Some(job) = st.jobs.pop_front() {
             if job.tx.is_closed() {
-                return Err(Abort::Cancelled);
+                continue;
             }
-            logits = self.forward(chunk, start + i * block)?;
+            let seq = Seq::new(job);
+            if seq.job.req.max_tokens == 0 {
+                let _ = seq.finish_empty();
+                continue;
+            }
+            if let Err(seq) = self.batcher.admit(seq, budget, plan) {
+                st.jobs.push_front(seq.job);
+                break;
+            }
         }
-        self.reusable = n_prompt / block * block;
-        timings.prompt_n = n_prompt - start;
-        timings.prompt_ms = ms(t_start);
-
-        let t_decode = Instant::now();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut utf8 = Utf8Stream::new();
-        let mut stops = StopMatcher::new(&job.req.stop);
-        let text = self.text.clone();
-        let finish_reason = loop {
-            job.sampler.apply_bias(&mut logits);
-            let logprobs = job.req.logprobs.map(|n| (log_softmax(&logits), n));
-            let token = job.sampler.sample(&mut logits, &prompt, &generated)?;
-            generated.push(token);
-            usage.completion_tokens = generated.len();
-            timings.predicted_n = generated.len();
-            timings.predicted_ms = ms(t_decode);
-            if text.eos_ids().contains(&token) {
-                let end = (String::new(), Vec::new());
-                break Self::finish(job, &mut utf8, &mut stops, end, FinishReason::Stop)?;
-            }
-            let mut lps = Vec::new();
-            if let Some((lp, n)) = &logprobs {
-                lps.push(token_logprob(&*text, lp, token, *n));
-            }
-            let bytes = if text.is_control(token) { None } else { text.token_bytes(token) };
-            let piece = utf8.push(bytes.unwrap_or(&[]));
-            let out = stops.push(&piece);
-            if out.stopped {
-                Self::send_delta(job, out.text, lps)?;
-                break FinishReason::Stop;
-            }
-            if generated.len() >= max_tokens || self.cache.len() >= self.limits.ctx_size {
-                let end = (out.text, lps);
-                break Self::finish(job, &mut utf8, &mut stops, end, FinishReason::Length)?;
-            }
-            Self::send_delta(job, out.text, lps)?;
-            if job.tx.is_closed() {
-                return Err(Abort::Cancelled);
-            }
-            let pos = self.cache.len();
-            logits = self.forward(&[token], pos)?;
-        };
-        timings.predicted_ms = ms(t_decode);
-        Self::send(job, GenEvent::Done { finish_reason, usage, timings })
     }
 
-    /// Sends a delta unless it carries nothing.
-    fn send_delta(job: &Job, text: String, logprobs: Vec<TokenLogprob>) -> Result<(), Abort> {
-        if text.is_empty() && logprobs.is_empty() {
-            return Ok(());
-        }
-        Self::send(job, GenEvent::Delta { text, logprobs })
-    }
-
-    /// Sends the last delta: `end` (the last token's released text and logprobs) plus the
-    /// flushed rest: an unfinished character becomes U+FFFD and text held for a possible stop
-    /// string is released, unless the flush completes a stop string (then the reason is Stop).
-    fn finish(
-        job: &Job,
-        utf8: &mut Utf8Stream,
-        stops: &mut StopMatcher,
-        end: (String, Vec<TokenLogprob>),
-        reason: FinishReason,
-    ) -> Result<FinishReason, Abort> {
-        let (mut text, logprobs) = end;
-        let out = stops.push(&utf8.finish());
-        text.push_str(&out.text);
-        let reason = if out.stopped {
-            FinishReason::Stop
-        } else {
-            text.push_str(&stops.finish());
-            reason
-        };
-        Self::send_delta(job, text, logprobs)?;
-        Ok(reason)
-    }
-}
-
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
-}
-
-fn token_logprob<T: TokenText + ?Sized>(text: &T, lp: &[f32], token: u32, n: usize) -> TokenLogprob {
-    let bytes_of = |id: u32| text.token_bytes(id).unwrap_or(&[]).to_vec();
-    let bytes = bytes_of(token);
-    TokenLogprob {
-        token_id: token,
-        token: String::from_utf8_lossy(&bytes).into_owned(),
-        logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
-        top: top_n(lp, n)
-            .into_iter()
-            .map(|(id, logprob)| {
-                let bytes = bytes_of(id);
-                TopLogprob {
-                    token_id: id,
-                    token: String::from_utf8_lossy(&bytes).into_owned(),
-                    bytes,
-                    logprob,
+    /// Runs one planned forward pass and hands out its logits.
+    fn step(&mut self, plan: &[Planned]) {
+        let running = &self.batcher.running;
+        let inputs: Vec<SeqInput> = plan
+            .iter()
+            .map(|p| {
+                let s = &running[p.index];
+                SeqInput {
+                    tokens: &s.tokens[s.computed..s.computed + p.n],
+                    pos: s.computed,
+                    blocks: &s.blocks,
+                    logits: s.computed + p.n == s.tokens.len(),
                 }
             })
-            .collect(),
-        bytes,
+            .collect();
+        let model = &mut self.model;
+        let outcome = catch_unwind(AssertUnwindSafe(|| match &self.pool {
+            Some(pool) => pool.install(|| model.forward_batch(&inputs)),
+            None => model.forward_batch(&inputs),
+        }));
+        let result = match outcome {
+            Ok(Ok(logits)) => Ok(logits),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(EngineError::Internal(format!("the generation worker panicked: {msg}")))
+            }
+        };
+        let mut logits = match result {
+            Ok(l) => l.into_iter(),
+            Err(e) => {
+                // Every sequence of the failed step ends with the error (its keys/values are
+                // unknown); sequences not in the step are untouched.
+                tracing::warn!(error = %e, "generation failed");
+                let mut failed: Vec<usize> = plan.iter().map(|p| p.index).collect();
+                failed.sort_unstable();
+                for &i in failed.iter().rev() {
+                    let seq = self.batcher.remove(i);
+                    seq.fail(e.clone());
+                }
+                return;
+            }
+        };
+        let mut finished = Vec::new();
+        for p in plan {
+            self.batcher.advance(p.index, p.n);
+            let seq = &mut self.batcher.running[p.index];
+            if seq.computed < seq.tokens.len() {
+                continue; // a prefill chunk: no logits yet
+            }
+            let Some(l) = logits.next() else {
+                seq.fail(EngineError::Internal("the model returned too few logits".into()));
+                finished.push(p.index);
+                continue;
+            };
+            match seq.on_logits(l, &*self.text, self.limits.ctx_size) {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(Abort::Cancelled) => finished.push(p.index),
+                Err(Abort::Failed(e)) => {
+                    tracing::warn!(error = %e, "generation failed");
+                    seq.fail(e);
+                    finished.push(p.index);
+                }
+            }
+        }
+        finished.sort_unstable();
+        for &i in finished.iter().rev() {
+            self.batcher.remove(i);
+        }
     }
 }
 

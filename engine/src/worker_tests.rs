@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::SamplingParams;
+use crate::{FinishReason, SamplingParams, Timings, TokenLogprob, Usage};
 
 /// Vocabulary of the fake tokenizer: id -> bytes. 0 is EOS.
 const VOCAB: &[&[u8]] = &[b"</s>", b"a", b"b", b"c", b"#", b"\xE2", b"\x98\x83", b"<ctl>", b"x", b"y"];
@@ -41,12 +41,18 @@ enum Rule {
 
 #[derive(Default)]
 struct Log {
-    /// (number of tokens, pos) of every forward call.
+    /// (number of tokens, pos) of every sequence of every forward call, flattened.
     calls: Vec<(usize, usize)>,
+    /// The same, step by step.
+    steps: Vec<Vec<(usize, usize)>>,
 }
 
+/// A model with a "KV cache" of token ids, paged like the real one: it writes each token at
+/// its position through the block table and reads the sequence's history back through it, so
+/// a wrong block table, position or stale block changes the output.
 struct FakeModel {
-    kv: Vec<u32>,
+    kv: Vec<Option<u32>>,
+    block: usize,
     rule: Rule,
     delay: Duration,
     log: Arc<Mutex<Log>>,
@@ -56,28 +62,55 @@ struct FakeModel {
     panic_on: Option<u32>,
 }
 
+impl FakeModel {
+    fn slot(&self, blocks: &[u32], p: usize) -> usize {
+        blocks[p / self.block] as usize * self.block + p % self.block
+    }
+}
+
 impl LanguageModel for FakeModel {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
+    fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
         std::thread::sleep(self.delay);
-        self.log.lock().unwrap().calls.push((tokens.len(), pos));
-        if tokens.iter().any(|t| Some(*t) == self.fail_on) {
+        let step: Vec<(usize, usize)> = seqs.iter().map(|s| (s.tokens.len(), s.pos)).collect();
+        {
+            let mut log = self.log.lock().unwrap();
+            log.calls.extend(&step);
+            log.steps.push(step);
+        }
+        let all = || seqs.iter().flat_map(|s| s.tokens.iter());
+        if all().any(|t| Some(*t) == self.fail_on) {
             return Err(EngineError::Internal("fake failure".into()));
         }
-        if tokens.iter().any(|t| Some(*t) == self.panic_on) {
+        if all().any(|t| Some(*t) == self.panic_on) {
             panic!("fake panic");
         }
-        assert!(pos <= self.kv.len(), "forward at {pos} leaves a hole (kv {})", self.kv.len());
-        self.kv.truncate(pos);
-        self.kv.extend_from_slice(tokens);
-        let mut logits = vec![0.0f32; VOCAB.len()];
-        let best = match self.rule {
-            Rule::SumMod => 1 + self.kv.iter().sum::<u32>() % 4, // one of a b c #
-            Rule::Cycle(s) => s[(self.kv.len() - 1) % s.len()],
-            Rule::Flat => return Ok(logits),
-        };
-        logits[best as usize] = 5.0;
-        logits[(best as usize + 1) % VOCAB.len()] = 3.0;
-        Ok(logits)
+        let mut out = Vec::new();
+        for s in seqs {
+            for (i, &t) in s.tokens.iter().enumerate() {
+                let at = self.slot(s.blocks, s.pos + i);
+                self.kv[at] = Some(t);
+            }
+            if !s.logits {
+                continue;
+            }
+            let end = s.pos + s.tokens.len();
+            let history: Vec<u32> = (0..end)
+                .map(|p| self.kv[self.slot(s.blocks, p)].expect("read of a position never written"))
+                .collect();
+            let mut logits = vec![0.0f32; VOCAB.len()];
+            let best = match self.rule {
+                Rule::SumMod => 1 + history.iter().sum::<u32>() % 4, // one of a b c #
+                Rule::Cycle(c) => c[(history.len() - 1) % c.len()],
+                Rule::Flat => {
+                    out.push(logits);
+                    continue;
+                }
+            };
+            logits[best as usize] = 5.0;
+            logits[(best as usize + 1) % VOCAB.len()] = 3.0;
+            out.push(logits);
+        }
+        Ok(out)
     }
 }
 
@@ -89,6 +122,10 @@ struct Setup {
     fail_on: Option<u32>,
     panic_on: Option<u32>,
     block: usize,
+    /// None: two full contexts.
+    kv_blocks: Option<usize>,
+    max_seqs: usize,
+    max_batch_tokens: usize,
 }
 
 impl Default for Setup {
@@ -101,21 +138,34 @@ impl Default for Setup {
             fail_on: None,
             panic_on: None,
             block: 2,
+            kv_blocks: None,
+            max_seqs: 4,
+            max_batch_tokens: 64,
         }
     }
 }
 
 fn start(s: Setup) -> (Scheduler, Arc<Mutex<Log>>) {
     let log = Arc::new(Mutex::new(Log::default()));
+    let kv_blocks = s.kv_blocks.unwrap_or(2 * s.ctx.div_ceil(s.block));
     let model = FakeModel {
-        kv: Vec::new(),
+        kv: vec![None; kv_blocks * s.block],
+        block: s.block,
         rule: s.rule,
         delay: s.delay,
         log: log.clone(),
         fail_on: s.fail_on,
         panic_on: s.panic_on,
     };
-    let limits = Limits { vocab_size: VOCAB.len(), ctx_size: s.ctx, max_queue: s.max_queue, block: s.block };
+    let limits = Limits {
+        vocab_size: VOCAB.len(),
+        ctx_size: s.ctx,
+        max_queue: s.max_queue,
+        block_size: s.block,
+        kv_blocks,
+        max_seqs: s.max_seqs,
+        max_batch_tokens: s.max_batch_tokens,
+    };
     let sched = Scheduler::spawn(model, Arc::new(FakeText), None, limits).unwrap();
     (sched, log)
 }
@@ -178,7 +228,7 @@ fn greedy_is_deterministic_and_hits_max_tokens() {
     // Sampled after kv lengths 2,3,4,5,6 -> script indexes 1,2,0,1,2.
     assert_eq!(a.text(), "bcabc");
     assert_eq!(a.finish, FinishReason::Length);
-    assert_eq!(a.usage, Usage { prompt_tokens: 2, completion_tokens: 5 });
+    assert_eq!(a.usage, Usage { prompt_tokens: 2, completion_tokens: 5, cached_tokens: 0 });
     assert_eq!(a.timings.predicted_n, 5);
     let b = run(&s, req(&[8, 8], 5));
     assert_eq!(a.text(), b.text());
@@ -285,22 +335,17 @@ fn same_seed_same_text_different_seed_differs() {
 }
 
 #[test]
-fn prefix_reuse_computes_only_the_suffix_in_aligned_blocks_and_matches_a_cold_cache() {
-    let (warm, log) = start(Setup::default()); // block 2
+fn prefix_cache_computes_only_the_uncached_suffix_and_matches_a_cold_cache() {
+    let (warm, log) = start(Setup::default()); // blocks of 2
     let first = run(&warm, req(&[1, 2, 3, 1, 2], 4));
     let n = log.lock().unwrap().calls.len();
     let second = run(&warm, req(&[1, 2, 3, 2, 2, 2], 4));
-    let calls = log.lock().unwrap().calls[n..].to_vec();
-    // 3 tokens shared: the block [0, 2) is reused, prefill goes on in aligned blocks.
-    assert_eq!(calls[..2], [(2, 2), (2, 4)]);
+    // The full block [1, 2] is shared; [3, 1] is not: prefill starts at position 2.
+    assert_eq!(log.lock().unwrap().calls[n], (4, 2));
     assert_eq!(second.timings.prompt_n, 4);
     let (cold, cold_log) = start(Setup::default());
     assert_eq!(run(&cold, req(&[1, 2, 3, 2, 2, 2], 4)).text(), second.text());
-    assert_eq!(
-        cold_log.lock().unwrap().calls[..3],
-        [(2, 0), (2, 2), (2, 4)],
-        "cold prefill uses the same blocks"
-    );
+    assert_eq!(cold_log.lock().unwrap().calls[0], (6, 0));
     assert_ne!(first.text(), second.text(), "the fake model depends on the whole cache");
     // The same prompt again recomputes only the block holding its last token.
     let n = log.lock().unwrap().calls.len();
@@ -311,15 +356,15 @@ fn prefix_reuse_computes_only_the_suffix_in_aligned_blocks_and_matches_a_cold_ca
 }
 
 #[test]
-fn positions_filled_by_decoding_are_not_reused() {
+fn blocks_filled_by_decoding_are_reused_by_a_follow_up() {
     let (s, log) = start(Setup { rule: Rule::Cycle(&[3]), ..Setup::default() });
-    // Prompt [1, 2] then 3 generated tokens: 'c' 'c' go through the cache, the last does not.
+    // Prompt [1, 2] then 3 generated tokens: [1, 2] [3, 3] get computed, the last 3 does not.
     assert_eq!(run(&s, req(&[1, 2], 3)).text(), "ccc");
     let n = log.lock().unwrap().calls.len();
-    // A follow-up that contains the generated tokens recomputes them as prefill.
+    // A multi-turn follow-up that contains the reply only computes what is new.
     let o = run(&s, req(&[1, 2, 3, 3, 8], 1));
-    assert_eq!(log.lock().unwrap().calls[n..n + 2], [(2, 2), (1, 4)]);
-    assert_eq!(o.timings.prompt_n, 3);
+    assert_eq!(log.lock().unwrap().calls[n], (1, 4));
+    assert_eq!(o.timings.prompt_n, 1);
 }
 
 #[test]
@@ -363,7 +408,8 @@ fn cancellation_frees_the_worker() {
 #[test]
 fn queue_full_and_cancelled_waiters_leave_the_queue() {
     let delay = Duration::from_millis(30);
-    let (s, _) = start(Setup { delay, max_queue: 1, rule: Rule::Cycle(&[1]), ..Setup::default() });
+    let (s, _) =
+        start(Setup { delay, max_queue: 1, max_seqs: 1, rule: Rule::Cycle(&[1]), ..Setup::default() });
     let mut running = s.submit(req(&[8], 10_000)).unwrap();
     // Wait until the worker has picked it up.
     assert!(matches!(running.blocking_recv(), Some(GenEvent::Delta { .. })));
@@ -406,7 +452,7 @@ fn control_tokens_add_no_text_but_keep_their_logprob_text() {
 }
 
 #[test]
-fn requests_run_in_fifo_order() {
+fn requests_of_different_lengths_all_complete() {
     let (s, _) =
         start(Setup { delay: Duration::from_millis(5), rule: Rule::Cycle(&[1]), ..Setup::default() });
     let rxs: Vec<_> = (0..3).map(|i| s.submit(req(&[8], i + 1)).unwrap()).collect();
@@ -416,7 +462,12 @@ fn requests_run_in_fifo_order() {
 
 #[test]
 fn dropping_the_scheduler_answers_waiting_requests_with_unavailable() {
-    let (s, _) = start(Setup { delay: Duration::from_millis(20), rule: Rule::Cycle(&[1]), ..Setup::default() });
+    let (s, _) = start(Setup {
+        delay: Duration::from_millis(20),
+        max_seqs: 1,
+        rule: Rule::Cycle(&[1]),
+        ..Setup::default()
+    });
     let mut running = s.submit(req(&[8], 5)).unwrap();
     assert!(matches!(running.blocking_recv(), Some(GenEvent::Delta { .. })));
     let waiting = s.submit(req(&[8], 5)).unwrap();
@@ -424,3 +475,6 @@ fn dropping_the_scheduler_answers_waiting_requests_with_unavailable() {
     assert_eq!(collect(running).unwrap().usage.completion_tokens, 5, "the running request finishes");
     assert!(matches!(collect(waiting), Err(EngineError::Unavailable)));
 }
+
+#[path = "worker_batch_tests.rs"]
+mod batching;

@@ -1,5 +1,5 @@
 //! The real engine's queue: a dropped receiver cancels its generation and frees the worker, and
-//! `QueueFull` comes back once `max_queue` requests wait.
+//! `QueueFull` comes back once `max_queue` requests wait for a place in the batch.
 
 mod generate_common;
 
@@ -10,7 +10,8 @@ use generate_common::*;
 
 #[test]
 fn cancellation_frees_the_worker_and_the_queue_is_bounded() {
-    let e = load(1);
+    // One sequence at a time, so a second request waits in the queue.
+    let e = load_with(1, 1);
     let prompt = chat(&e, "Tell me a very long story about dragons.");
     let long = || request(prompt.clone(), no_eos(&e, greedy()), 1000);
 

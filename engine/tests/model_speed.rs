@@ -17,6 +17,7 @@ fn smollm2_decode_speed() {
     let requantize = std::env::var("REQUANTIZE").is_ok_and(|v| v == "1");
     let options = LoadOptions {
         requantize_to_q8_0: requantize,
+        ..Default::default()
     };
     let mut m = Model::load_with(
         &mut GgufFile::open(&smollm2_path()).unwrap(),

@@ -135,6 +135,7 @@ impl Generation {
             let usage = Usage {
                 prompt_tokens: tokens.len(),
                 completion_tokens: 0,
+                cached_tokens: 0,
             };
             let _ = tx.try_send(GenEvent::Done {
                 finish_reason: FinishReason::Length,
@@ -156,6 +157,7 @@ impl Generation {
 fn add_up(total: &mut (Usage, Timings), usage: Usage, timings: Timings) {
     total.0.prompt_tokens += usage.prompt_tokens;
     total.0.completion_tokens += usage.completion_tokens;
+    total.0.cached_tokens += usage.cached_tokens;
     total.1.prompt_n += timings.prompt_n;
     total.1.prompt_ms += timings.prompt_ms;
     total.1.predicted_n += timings.predicted_n;

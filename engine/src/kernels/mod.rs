@@ -1,8 +1,17 @@
-//! Our own CPU matmul kernels for quantized weights that candle only runs with scalar code
-//! (today: Q4_1). Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar),
-//! made once at run time with `is_x86_feature_detected!` and overridable with the
-//! `AI_SANDBOX_KERNEL` environment variable (`scalar`, `avx2`, `avx512`) for tests and
-//! benchmarks. All `unsafe` code of the crate's kernels lives in the per-ISA modules.
+//! Our own CPU matmul kernels for quantized weights: Q4_1 (candle runs it with scalar code),
+//! Q8_0 and Q4_0 (candle's SIMD kernels read every weight block once per activation row; ours
+//! once per batch), Q6_K (candle's gives a row different bits depending on the batch) and Q4_K
+//! (tested, not wired: candle's is faster). `matrix.rs` owns the shared matmul driver and its
+//! batch-independence invariant; each format has a scalar reference (`q4_1.rs`, `q8_0.rs`,
+//! `q4_0.rs`, `q6_k.rs`, `q4_k.rs`; activations in `q8_0.rs`, `q8_k.rs`).
+//!
+//! Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar), made once at
+//! run time with `is_x86_feature_detected!` and overridable with the `AI_SANDBOX_KERNEL`
+//! environment variable (`scalar`, `avx2`, `avx512`; `candle` keeps candle's kernels for every
+//! type, see `model/weights.rs`) for tests and benchmarks. All `unsafe` code of the crate's
+//! kernels lives in the per-ISA modules (`avx2*.rs`, `avx512.rs`).
+//!
+//! Only Q4_1 has an AVX-512 path: `Avx512` runs the other formats' AVX2 kernels.
 //!
 //! The AVX-512 path is behind the off-by-default cargo feature `avx512`: on this project's
 //! 2-core EPYC it decodes no faster than AVX2 (the matmuls are no longer the bottleneck), and
@@ -10,13 +19,34 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+// Q4_K is tested but not wired into the model (see `q4_k.rs`): dead outside the tests.
+#[cfg(target_arch = "x86_64")]
+#[cfg_attr(not(test), allow(dead_code))]
+mod avx2_q4k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q6k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q8;
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512;
+mod matrix;
+mod q4_0;
 mod q4_1;
+#[cfg_attr(not(test), allow(dead_code))]
+mod q4_k;
+mod q6_k;
+mod q8_0;
+mod q8_k;
+#[cfg(test)]
+mod test_util;
 
 use std::sync::OnceLock;
 
+pub(crate) use matrix::{Format, QuantMatrix};
+pub(crate) use q4_0::Q4_0Matrix;
 pub(crate) use q4_1::Q4_1Matrix;
+pub(crate) use q6_k::Q6KMatrix;
+pub(crate) use q8_0::Q8_0Matrix;
 
 /// An instruction set a kernel can run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

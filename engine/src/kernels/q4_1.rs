@@ -5,35 +5,24 @@
 //! GGUF stores them (20-byte blocks: f16 d, f16 m, 16 bytes of nibbles; low nibbles are
 //! elements 0..16, high nibbles 16..32), borrowed from candle's `QTensor`, never requantized.
 //!
-//! `y[L, out] = x[L, in] @ W^T` runs in parallel over tiles of output rows on the current
-//! rayon pool; within a tile each weight row is read once for all L tokens.
+//! The matmul itself (tiles of output rows on the rayon pool) is `matrix.rs`'s; within a tile
+//! each weight row is read once for all L tokens.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use half::f16;
-use rayon::prelude::*;
 
+use super::matrix::{Format, QuantMatrix};
 use super::Isa;
-use crate::EngineError;
 
-/// Values per quantization block (Q4_1 and Q8_1).
-pub(crate) const QK: usize = 32;
+pub(crate) use super::matrix::QK;
 /// Bytes of one Q4_1 block: f16 d, f16 m, 16 bytes of nibbles.
 pub(crate) const BLOCK_BYTES: usize = 20;
 
-/// A `[rows, cols]` Q4_1 weight matrix (rows = output features), sharing candle's storage.
-pub(crate) struct Q4_1Matrix {
-    tensor: Arc<QTensor>,
-    rows: usize,
-    cols: usize,
-}
+/// A `[rows, cols]` Q4_1 weight matrix on our kernels.
+pub(crate) type Q4_1Matrix = QuantMatrix<Q4_1>;
 
-impl std::fmt::Debug for Q4_1Matrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q4_1Matrix[{}, {}]", self.rows, self.cols)
-    }
-}
+/// The Q4_1 weight format (see the module docs).
+pub(crate) enum Q4_1 {}
 
 /// Activations quantized to Q8_1: `l` rows of `nb` blocks. `d` and `s` hold the f16-rounded
 /// values (as GGML stores them) widened to f32 so the kernels need no conversion.
@@ -112,98 +101,25 @@ fn row_dots(isa: Isa, w: &[u8], a: &Q8_1Rows, out: &mut [f32]) {
     }
 }
 
-impl Q4_1Matrix {
-    /// Wraps a Q4_1 `[rows, cols]` tensor on the CPU; `cols` must be a multiple of 32.
-    pub(crate) fn new(tensor: Arc<QTensor>) -> Result<Q4_1Matrix, EngineError> {
-        if tensor.dtype() != GgmlDType::Q4_1 {
-            return Err(EngineError::Internal(format!(
-                "Q4_1 kernel given a {:?} tensor",
-                tensor.dtype()
-            )));
-        }
-        let (rows, cols) = match tensor.shape().dims() {
-            [r, c] => (*r, *c),
-            d => {
-                return Err(EngineError::Load(format!(
-                    "Q4_1 matrix has shape {d:?}, expected 2-D"
-                )))
-            }
-        };
-        let bytes = tensor
-            .data()
-            .map_err(|e| EngineError::Load(format!("Q4_1 matrix data: {e}")))?
-            .len();
-        if cols % QK != 0 || bytes != rows * cols / QK * BLOCK_BYTES {
-            return Err(EngineError::Load(format!(
-                "Q4_1 matrix [{rows}, {cols}] has {bytes} bytes of blocks, expected {}",
-                rows * (cols / QK) * BLOCK_BYTES
-            )));
-        }
-        Ok(Q4_1Matrix { tensor, rows, cols })
+impl Format for Q4_1 {
+    const DTYPE: GgmlDType = GgmlDType::Q4_1;
+    const BLOCK_BYTES: usize = BLOCK_BYTES;
+    type Acts = Q8_1Rows;
+
+    fn quantize(x: &[f32], l: usize, nb: usize) -> Q8_1Rows {
+        quantize_q8_1(x, l, nb)
     }
 
-    /// Output features.
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Input features.
-    pub(crate) fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// `y[l, rows] = x[l, cols] @ W^T` with the instruction set chosen for this process.
-    pub(crate) fn matmul(&self, x: &[f32], l: usize) -> candle_core::Result<Vec<f32>> {
-        self.matmul_with(super::isa(), x, l)
-    }
-
-    /// [`Q4_1Matrix::matmul`] on a given instruction set (Scalar if `isa` is unavailable).
-    pub(crate) fn matmul_with(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        l: usize,
-    ) -> candle_core::Result<Vec<f32>> {
-        if x.len() != l * self.cols {
-            candle_core::bail!(
-                "Q4_1 matmul: input has {} values, expected {l} x {}",
-                x.len(),
-                self.cols
-            );
+    fn dots(isa: Isa, w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
+        if a.l == 0 {
+            return;
         }
-        let isa = if isa.available() { isa } else { Isa::Scalar };
-        let nb = self.cols / QK;
-        let row_bytes = nb * BLOCK_BYTES;
-        let data = self.tensor.data()?;
-        let acts = quantize_q8_1(x, l, nb);
-        // Tiles of rows: about 4 per thread for balance, at least 16 rows each.
-        let threads = rayon::current_num_threads().max(1);
-        let tile = self.rows.div_ceil(threads * 4).max(16);
-        // yt[rows, l]: each task owns a contiguous run of output rows.
-        let mut yt = vec![0f32; self.rows * l];
-        let run = |ys: &mut [f32], ws: &[u8]| {
-            for (y, w) in ys.chunks_exact_mut(l).zip(ws.chunks_exact(row_bytes)) {
-                row_dots(isa, w, &acts, y);
-            }
-        };
-        if threads == 1 {
-            // No hand-off to a pool thread (and back) when there is nothing to share.
-            run(&mut yt, &data);
-        } else {
-            yt.par_chunks_mut(tile * l)
-                .zip(data.as_ref().par_chunks(tile * row_bytes))
-                .for_each(|(ys, ws)| run(ys, ws));
+        for (y, wr) in yt
+            .chunks_exact_mut(a.l)
+            .zip(w.chunks_exact(a.nb * BLOCK_BYTES))
+        {
+            row_dots(isa, wr, a, y);
         }
-        if l == 1 {
-            return Ok(yt);
-        }
-        let mut y = vec![0f32; l * self.rows];
-        for (r, yr) in yt.chunks_exact(l).enumerate() {
-            for (t, v) in yr.iter().enumerate() {
-                y[t * self.rows + r] = *v;
-            }
-        }
-        Ok(y)
     }
 }
 

@@ -188,3 +188,8 @@ fn bench_q4_1_matmul() {
         }
     }
 }
+
+#[test]
+fn rows_are_bit_identical_alone_or_batched() {
+    super::super::test_util::check_rows_independent_of_batch::<Q4_1>();
+}

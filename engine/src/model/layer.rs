@@ -1,16 +1,16 @@
-//! One transformer block (RMSNorm, grouped-query attention with RoPE over a preallocated
-//! KV cache, SwiGLU MLP) and the loading of its weights from `blk.N.*` tensors.
+//! One transformer block (RMSNorm, grouped-query attention with RoPE over the paged KV cache,
+//! SwiGLU MLP), its KV storage, and the loading of its weights from `blk.N.*` tensors.
 //!
-//! Shapes inside a block, for a chunk of `L` tokens at positions `pos..pos+L`:
-//! activations are `[L, hidden]`; per-head tensors are `[heads, L, head_dim]`; each KV cache is
-//! `[kv_heads, ctx_size, head_dim]` and is written in place (`slice_set`), never regrown.
-//! Query heads are grouped by the KV head they share (`head h` uses `kv head h / group`, as in
-//! llama.cpp and HF's `repeat_kv`), so attention is one batched matmul per KV head with no copy
-//! of K/V per query head.
+//! A forward runs a packed batch of `T` tokens from any number of sequences: activations are
+//! `[T, hidden]`, each row at its own position; the matmuls see all `T` rows at once (each
+//! weight block read once per batch), attention (`attention.rs`) keeps each row to its own
+//! sequence. Query head `h` uses KV head `h / (heads / kv_heads)`, as llama.cpp and HF's
+//! `repeat_kv` do.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::config::{ModelConfig, RopeStyle};
+use super::attention::{self, Geometry, LayerKv, Span};
+use super::config::ModelConfig;
 use super::weights::{self, Linear};
 use crate::gguf::GgufFile;
 use crate::EngineError;
@@ -29,20 +29,17 @@ pub(crate) struct Layer {
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
-    k_cache: Tensor,
-    v_cache: Tensor,
+    kv: LayerKv,
 }
 
-/// Per-forward inputs shared by every layer.
+/// Per-forward inputs shared by every layer: the batch's sequences, each row's position, and
+/// the RoPE tables (`[positions, head_dim/2]`).
 pub(crate) struct Step<'a> {
-    pub pos: usize,
-    pub len: usize,
-    /// First cache position any query of this chunk may attend to (sliding window), else 0.
-    pub key_start: usize,
-    /// `[len, pos+len-key_start]` additive mask (0 or -inf); None when every key is visible.
-    pub mask: Option<&'a Tensor>,
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
+    pub spans: &'a [Span<'a>],
+    pub positions: &'a [usize],
+    pub geometry: Geometry,
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
 }
 
 impl Layer {
@@ -50,7 +47,8 @@ impl Layer {
         gguf: &mut GgufFile,
         cfg: &ModelConfig,
         i: usize,
-        ctx_size: usize,
+        geometry: &Geometry,
+        n_blocks: usize,
         requantize: bool,
         device: &Device,
     ) -> Result<Layer, EngineError> {
@@ -66,7 +64,6 @@ impl Layer {
                     Ok(None)
                 }
             };
-        let cache = || Tensor::zeros((cfg.n_kv_heads, ctx_size, hd), DType::F32, device);
         Ok(Layer {
             attn_norm: weights::vector(gguf, &p("attn_norm.weight"), h, device)?,
             wq: weights::matrix(gguf, requantize, &p("attn_q.weight"), q_out, h, device)?,
@@ -101,8 +98,7 @@ impl Layer {
                 cfg.ffn_size,
                 device,
             )?,
-            k_cache: cache()?,
-            v_cache: cache()?,
+            kv: LayerKv::new(geometry, n_blocks),
         })
     }
 
@@ -123,65 +119,25 @@ impl Layer {
         x + mlp
     }
 
-    /// Self-attention of the chunk over the cache; returns `[L, heads*head_dim]`.
-    fn attention(
-        &mut self,
-        cfg: &ModelConfig,
-        h: &Tensor,
-        s: &Step,
-    ) -> candle_core::Result<Tensor> {
-        let (l, hd) = (s.len, cfg.head_dim);
-        let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
-        let group = nh / nkv;
-        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
+    /// Self-attention of the batch over its sequences' KV blocks; returns `[T, heads*head_dim]`.
+    fn attention(&mut self, cfg: &ModelConfig, h: &Tensor, s: &Step) -> candle_core::Result<Tensor> {
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let rows = s.positions.len();
+        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Vec<f32>> {
             let y = w.forward(h)?;
-            match b {
-                Some(b) => y.broadcast_add(b),
-                None => Ok(y),
-            }
+            let y = match b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            y.flatten_all()?.to_vec1::<f32>()
         };
-        // [L, n*hd] -> [1, n, L, hd] (contiguous, as the rope kernels require).
-        let heads = |t: Tensor, n: usize| {
-            t.reshape((l, n, hd))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((1, n, l, hd))
-        };
-        let q = heads(proj(&self.wq, &self.bq)?, nh)?;
-        let k = heads(proj(&self.wk, &self.bk)?, nkv)?;
-        let v = heads(proj(&self.wv, &self.bv)?, nkv)?;
-        let (q, k) = match cfg.rope_style {
-            RopeStyle::Interleaved => (
-                candle_nn::rotary_emb::rope_i(&q, s.cos, s.sin)?,
-                candle_nn::rotary_emb::rope_i(&k, s.cos, s.sin)?,
-            ),
-            RopeStyle::Neox => (
-                candle_nn::rotary_emb::rope(&q, s.cos, s.sin)?,
-                candle_nn::rotary_emb::rope(&k, s.cos, s.sin)?,
-            ),
-        };
-        self.k_cache
-            .slice_set(&k.reshape((nkv, l, hd))?, 1, s.pos)?;
-        self.v_cache
-            .slice_set(&v.reshape((nkv, l, hd))?, 1, s.pos)?;
-        let n_keys = s.pos + l - s.key_start;
-        let keys = self.k_cache.narrow(1, s.key_start, n_keys)?;
-        let values = self.v_cache.narrow(1, s.key_start, n_keys)?;
-        // Queries of one KV group side by side: [nkv, group*L, hd]; scaled before the matmul.
-        let q = q
-            .reshape((nkv, group * l, hd))?
-            .affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let mut scores = q.matmul(&keys.t()?)?;
-        if let Some(mask) = s.mask {
-            scores = scores
-                .reshape((nkv, group, l, n_keys))?
-                .broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, group * l, n_keys))?;
-        let out = probs.matmul(&values)?; // [nkv, group*L, hd] == [nh, L, hd]
-        out.reshape((nh, l, hd))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((l, nh * hd))
+        let mut q = proj(&self.wq, &self.bq)?;
+        let mut k = proj(&self.wk, &self.bk)?;
+        let v = proj(&self.wv, &self.bv)?;
+        attention::rope(&mut q, nh, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+        attention::rope(&mut k, nkv, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+        self.kv.write(&s.geometry, s.spans, &k, &v);
+        let out = attention::attend(&self.kv, &s.geometry, s.spans, &q);
+        Tensor::from_vec(out, (rows, nh * hd), h.device())
     }
 }

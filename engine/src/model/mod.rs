@@ -1,27 +1,32 @@
 //! The forward pass of Llama-family models (llama, mistral, qwen2) loaded from GGUF: weights as
 //! stored (Q4_1 matmuls on our own SIMD kernels in `crate::kernels`, other types through
-//! candle's `QMatMul`), RoPE tables and a preallocated KV cache
-//! of `ctx_size` positions. One sequence at a time; the generation loop owns the positions.
+//! candle's `QMatMul`), RoPE tables, and a paged KV cache of fixed-size blocks
+//! (`attention.rs`). [`Model::forward_batch`] runs a packed batch of several sequences (each
+//! with its tokens, start position and block table) in one pass; [`Model::forward`] is the
+//! one-sequence convenience over an identity block table.
 //!
-//! Invariants: cache entries `0..n_filled` hold the keys/values of the tokens last run at those
-//! positions; `forward` only reads entries below its own positions and overwrites from `pos` on.
+//! Invariants: a forward only reads the KV entries of positions below its tokens' own (in the
+//! blocks the caller names) and writes those of its tokens; which blocks hold what is the
+//! caller's business (`crate::kv` in the server). Each row's result depends only on its own
+//! sequence's tokens (see `attention.rs`; the matmuls are per row too), so batching and
+//! chunking never change a value.
 //!
 //! Memory: weights stay in their GGUF type (the embedding table is dequantized one row per token
-//! looked up); the KV cache is f32, `2 * n_layers * n_kv_heads * ctx_size * head_dim * 4` bytes
-//! (SmolLM2-135M at 8192 positions: 377 MB; pass a smaller `ctx_size` to shrink it).
+//! looked up); the KV cache is f32, `2 * n_layers * n_kv_heads * head_dim * 4` bytes per token
+//! (SmolLM2-135M: 46 KB, 377 MB for its 8192 positions), allocated zeroed so only the blocks
+//! written cost resident memory.
 //!
-//! Threads: Q4_1 matmuls run on our kernels (`crate::kernels`) on the current rayon pool (the
-//! caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
-//! (every other weight type, e.g. SmolLM2's Q8_0 tied output) run on candle's own global
-//! "barrier pool", sized once from `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the
-//! physical core count) on first use, NOT on the caller's rayon pool; the f32 matmuls (attention) use gemm with
-//! `RAYON_NUM_THREADS` tasks on the current rayon pool, and candle-nn's norm/rope/softmax kernels
-//! use the current rayon pool. So a `--threads N` setting must export `CANDLE_NUM_THREADS=N` and
-//! `RAYON_NUM_THREADS=N` before the first tensor op, in addition to any `ThreadPool::install`.
-//! The barrier pool's workers spin (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, default 25000) between
-//! ops: on a loaded 2-core box 2 threads fell to 2-5 tok/s with the default and ran at 12 tok/s
-//! with a limit of 200.
+//! Threads: Q4_1 matmuls and attention run on the current rayon pool (the caller's thread alone
+//! when that pool has one thread). candle 0.11's quantized matmuls (every other weight type,
+//! e.g. SmolLM2's Q8_0 tied output) run on candle's own global "barrier pool", sized once from
+//! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the physical core count) on first use,
+//! NOT on the caller's rayon pool; candle-nn's norm kernels use the current rayon pool. So a
+//! `--threads N` setting must export `CANDLE_NUM_THREADS=N` and `RAYON_NUM_THREADS=N` before the
+//! first tensor op, in addition to any `ThreadPool::install`. The barrier pool's workers spin
+//! (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, default 25000) between ops: on a loaded 2-core box 2
+//! threads fell to 2-5 tok/s with the default and ran at 12 tok/s with a limit of 200.
 
+mod attention;
 mod config;
 mod layer;
 mod rope;
@@ -31,6 +36,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
+use attention::{Geometry, Span};
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
 use layer::{Layer, Step};
 use weights::Linear;
@@ -38,9 +44,11 @@ use weights::Linear;
 use crate::gguf::GgufFile;
 use crate::EngineError;
 
-/// Longest run of tokens pushed through the layers at once. Longer prompts are processed in
-/// chunks so the attention scores (`heads * chunk * keys` floats) stay bounded (<= 150 MB for a
-/// 9-head model at 8192 keys).
+/// Positions per KV block.
+pub const KV_BLOCK_SIZE: usize = 16;
+
+/// Longest run of tokens [`Model::forward`] pushes through the layers at once (bounds the
+/// activations; the server's scheduler bounds its batches itself).
 const PREFILL_CHUNK: usize = 512;
 
 /// Choices made at load time that trade memory for speed.
@@ -51,28 +59,49 @@ pub struct LoadOptions {
     /// weights take ~1.7x the memory (Q8_0 is 8.5 bits per weight, Q4_1 5) and pick up Q8_0's
     /// rounding (well below the Q4 rounding already in them).
     pub requantize_to_q8_0: bool,
+    /// KV blocks of [`KV_BLOCK_SIZE`] positions to allocate (None: one full context). Fewer
+    /// than one full context is an error.
+    pub kv_blocks: Option<usize>,
 }
 
-/// A loaded model with its KV cache.
+/// One sequence's part of a [`Model::forward_batch`]: `tokens` at positions
+/// `pos..pos+tokens.len()`, keys/values through the block table `blocks` (block `i` holds
+/// positions `i*KV_BLOCK_SIZE..`); `logits`: return the logits of its last token.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    pub blocks: &'a [u32],
+    pub logits: bool,
+}
+
+/// Bytes of KV cache one block takes for a model of this shape.
+pub fn kv_bytes_per_block(cfg: &ModelConfig) -> usize {
+    2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BLOCK_SIZE * std::mem::size_of::<f32>()
+}
+
+/// A loaded model with its KV storage.
 pub struct Model {
     config: ModelConfig,
     device: Device,
     ctx_size: usize,
-    /// Cache entries `0..n_filled` are valid.
+    n_blocks: usize,
+    /// For [`Model::forward`]: positions `0..n_filled` of the identity block table are valid.
     n_filled: usize,
+    identity: Vec<u32>,
     /// `token_embd.weight`, `[vocab, hidden]`, kept in its stored type.
     embeddings: Arc<candle_core::quantized::QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
     /// `output.weight`, or the embedding table when the model ties them.
     output: Linear,
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
 }
 
 impl Model {
-    /// Loads weights from an open GGUF. `ctx_size`: KV-cache length, default (None) = the model's
-    /// context_length; larger than context_length is an error naming --ctx-size.
+    /// Loads weights from an open GGUF. `ctx_size`: longest sequence, default (None) = the
+    /// model's context_length; larger than context_length is an error naming --ctx-size.
     pub fn load(gguf: &mut GgufFile, ctx_size: Option<usize>) -> Result<Model, EngineError> {
         Self::load_with(gguf, ctx_size, &LoadOptions::default())
     }
@@ -106,6 +135,22 @@ impl Model {
             }
             Some(n) => n,
         };
+        let full = ctx_size.div_ceil(KV_BLOCK_SIZE);
+        let n_blocks = options.kv_blocks.unwrap_or(full);
+        if n_blocks < full {
+            return Err(EngineError::Load(format!(
+                "a KV cache of {n_blocks} blocks ({} tokens) cannot hold one full context of \
+                 {ctx_size} tokens: raise --kv-cache-mb or lower --ctx-size",
+                n_blocks * KV_BLOCK_SIZE
+            )));
+        }
+        let geometry = Geometry {
+            n_heads: config.n_heads,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            block_size: KV_BLOCK_SIZE,
+            sliding_window: config.sliding_window,
+        };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embeddings = Arc::new(weights::qtensor(
             gguf,
@@ -130,19 +175,21 @@ impl Model {
         };
         let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &device)?;
         let layers = (0..config.n_layers)
-            .map(|i| Layer::load(gguf, &config, i, ctx_size, requantize, &device))
+            .map(|i| Layer::load(gguf, &config, i, &geometry, n_blocks, requantize, &device))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             config,
             device,
             ctx_size,
+            n_blocks,
             n_filled: 0,
+            identity: (0..full as u32).collect(),
             embeddings,
             layers,
             output_norm,
             output,
-            rope_cos: tables.cos,
-            rope_sin: tables.sin,
+            rope_cos: tables.cos.flatten_all()?.to_vec1::<f32>()?,
+            rope_sin: tables.sin.flatten_all()?.to_vec1::<f32>()?,
         })
     }
 
@@ -151,41 +198,35 @@ impl Model {
         &self.config
     }
 
-    /// The KV-cache length: positions `0..ctx_size` can be used.
+    /// The longest sequence: positions `0..ctx_size` can be used.
     pub fn ctx_size(&self) -> usize {
         self.ctx_size
     }
 
-    /// Runs `tokens` at positions pos..pos+tokens.len() (causal attention over the cache entries
-    /// 0..pos, which must have been filled by earlier calls; entries at positions >= pos are
-    /// overwritten). Returns the logits (vocab_size f32) of the LAST token. Err (not panic) if
-    /// pos+len > ctx_size or a token id >= vocab.
+    /// KV blocks allocated (each [`KV_BLOCK_SIZE`] positions of one sequence).
+    pub fn kv_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size: KV_BLOCK_SIZE,
+            sliding_window: self.config.sliding_window,
+        }
+    }
+
+    /// Runs one sequence's `tokens` at positions pos..pos+tokens.len() over blocks
+    /// `0, 1, 2...` (causal attention over the entries 0..pos, which must have been filled by
+    /// earlier calls; entries at positions >= pos are overwritten). Returns the logits
+    /// (vocab_size f32) of the LAST token. Err (not panic) if pos+len > ctx_size or a token id
+    /// >= vocab.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
-        if tokens.is_empty() {
-            return Err(EngineError::invalid("no tokens to run", None));
-        }
-        let end = pos.saturating_add(tokens.len());
-        if end > self.ctx_size {
-            return Err(EngineError::ContextLength {
-                message: format!(
-                    "{} tokens at position {pos} need {end} positions, but the context holds {}",
-                    tokens.len(),
-                    self.ctx_size
-                ),
-            });
-        }
-        if let Some(bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(EngineError::invalid(
-                format!(
-                    "token id {bad} is out of range (the vocabulary has {} tokens)",
-                    self.config.vocab_size
-                ),
-                None,
-            ));
-        }
+        // Checked before anything changes: a refused call leaves the cache as it was.
+        let whole = SeqInput { tokens, pos, blocks: &self.identity, logits: true };
+        self.check(&whole)?;
         if pos > self.n_filled {
             return Err(EngineError::Internal(format!(
                 "forward at position {pos}, but only cache entries 0..{} are filled",
@@ -194,65 +235,108 @@ impl Model {
         }
         // From here on entries >= pos are being overwritten: they stop being valid until done.
         self.n_filled = pos;
-        let mut hidden = None;
+        let identity = std::mem::take(&mut self.identity);
+        let mut logits = Vec::new();
+        let mut res = Ok(());
         for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             let chunk_pos = pos + i * PREFILL_CHUNK;
-            hidden = Some(self.run_chunk(chunk, chunk_pos)?);
-            self.n_filled = chunk_pos + chunk.len();
+            let last = chunk_pos + chunk.len() == pos + tokens.len();
+            let seq = SeqInput { tokens: chunk, pos: chunk_pos, blocks: &identity, logits: last };
+            match self.forward_batch(&[seq]) {
+                Ok(mut l) => {
+                    self.n_filled = chunk_pos + chunk.len();
+                    logits = l.pop().unwrap_or_default();
+                }
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
         }
-        let hidden = hidden.ok_or_else(|| EngineError::Internal("no chunk ran".into()))?;
-        let last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
-        let logits = self.output.forward(&last)?.squeeze(0)?;
-        Ok(logits.to_vec1::<f32>()?)
+        self.identity = identity;
+        res.map(|()| logits)
     }
 
-    /// Runs one chunk through every layer; returns the final residual stream `[len, hidden]`.
-    fn run_chunk(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, EngineError> {
-        let len = tokens.len();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embeddings.embedding(&ids)?;
-        let key_start = match self.config.sliding_window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let mask = if len > 1 {
-            Some(self.mask(pos, len, key_start)?)
-        } else {
-            None
-        };
-        let cos = self.rope_cos.narrow(0, pos, len)?;
-        let sin = self.rope_sin.narrow(0, pos, len)?;
+    /// Runs a packed batch: every sequence's tokens at their positions over their block tables,
+    /// in one pass through the layers. Returns the last-token logits of each sequence that asks
+    /// for them, in order. Err (not panic) for an empty sequence, positions past ctx_size, a
+    /// block table too short or naming a block that doesn't exist, or a token id >= vocab.
+    pub fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for s in seqs {
+            self.check(s)?;
+            spans.push(Span { row: ids.len(), len: s.tokens.len(), pos: s.pos, blocks: s.blocks });
+            ids.extend_from_slice(s.tokens);
+            positions.extend(s.pos..s.pos + s.tokens.len());
+        }
+        if ids.is_empty() {
+            return Err(EngineError::invalid("no tokens to run", None));
+        }
+        let mut x = self.embeddings.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?;
         let step = Step {
-            pos,
-            len,
-            key_start,
-            mask: mask.as_ref(),
-            cos: &cos,
-            sin: &sin,
+            spans: &spans,
+            positions: &positions,
+            geometry: self.geometry(),
+            cos: &self.rope_cos,
+            sin: &self.rope_sin,
         };
         for layer in &mut self.layers {
             x = layer.forward(&self.config, &x, &step)?;
         }
-        Ok(x)
+        let last_rows: Vec<u32> = spans
+            .iter()
+            .zip(seqs)
+            .filter(|(_, s)| s.logits)
+            .map(|(sp, _)| (sp.row + sp.len - 1) as u32)
+            .collect();
+        if last_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = last_rows.len();
+        let last = x.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
+        Ok(self.output.forward(&last)?.to_vec2::<f32>()?)
     }
 
-    /// `[len, pos+len-key_start]` additive mask: query `i` (position `pos+i`) sees key position
-    /// `j` iff `j <= pos+i` and, with a sliding window `w`, `pos+i - j < w`.
-    fn mask(&self, pos: usize, len: usize, key_start: usize) -> Result<Tensor, EngineError> {
-        let n_keys = pos + len - key_start;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let mut m = Vec::with_capacity(len * n_keys);
-        for i in 0..len {
-            let p = pos + i;
-            m.extend((key_start..pos + len).map(|j| {
-                if j <= p && p - j < window {
-                    0.0f32
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
+    fn check(&self, s: &SeqInput) -> Result<(), EngineError> {
+        if s.tokens.is_empty() {
+            return Err(EngineError::invalid("no tokens to run", None));
         }
-        Ok(Tensor::from_vec(m, (len, n_keys), &self.device)?)
+        let end = s.pos.saturating_add(s.tokens.len());
+        if end > self.ctx_size {
+            return Err(EngineError::ContextLength {
+                message: format!(
+                    "{} tokens at position {} need {end} positions, but the context holds {}",
+                    s.tokens.len(),
+                    s.pos,
+                    self.ctx_size
+                ),
+            });
+        }
+        let needed = end.div_ceil(KV_BLOCK_SIZE);
+        if s.blocks.len() < needed {
+            return Err(EngineError::Internal(format!(
+                "a block table of {} blocks for {end} positions",
+                s.blocks.len()
+            )));
+        }
+        if let Some(b) = s.blocks[..needed].iter().find(|&&b| b as usize >= self.n_blocks) {
+            return Err(EngineError::Internal(format!(
+                "block {b} named, but the KV cache has {} blocks",
+                self.n_blocks
+            )));
+        }
+        if let Some(bad) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(EngineError::invalid(
+                format!(
+                    "token id {bad} is out of range (the vocabulary has {} tokens)",
+                    self.config.vocab_size
+                ),
+                None,
+            ));
+        }
+        Ok(())
     }
 }

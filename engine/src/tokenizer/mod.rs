@@ -1,9 +1,11 @@
 //! Text <-> token ids, built from a GGUF's `tokenizer.ggml.*` metadata. Owns special-token
 //! parsing (control and user-defined tokens written literally in the text), BOS/EOS ids, and the
 //! exact bytes each token contributes to the output. Byte-level BPE lives in `bpe`,
-//! SentencePiece BPE in `spm`; any other `tokenizer.ggml.model`/`pre` is refused.
+//! SentencePiece BPE in `spm`; any other `tokenizer.ggml.model`/`pre` is refused. A Hugging Face
+//! folder's `tokenizer.json` is run by the `tokenizers` crate (`hf`, [`Tokenizer::from_hf_files`]).
 
 mod bpe;
+mod hf;
 mod spm;
 
 use std::collections::HashMap;
@@ -37,6 +39,9 @@ const END_OF_TURN: &[&str] = &[
 enum Kind {
     ByteLevel(Box<bpe::ByteLevelBpe>),
     Spm { spm: Box<spm::Spm>, add_space_prefix: bool },
+    /// A tokenizer.json pipeline; it parses special tokens itself. `strip_first_space`: its decoder
+    /// drops the leading space of a text (SentencePiece-style prefix).
+    Hf { tok: Box<hf::HfTokenizer>, strip_first_space: bool },
 }
 
 /// A model's tokenizer. Cheap to share (`Send + Sync`); all methods take `&self`.
@@ -156,6 +161,20 @@ impl Tokenizer {
     /// llama.cpp does for templated prompts). Prepends BOS when `add_bos` and the model has one, unless the text
     /// already starts with it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, EngineError> {
+        let mut out = match &self.kind {
+            Kind::Hf { tok, .. } => tok.encode(text)?,
+            _ => self.encode_pieces(text)?,
+        };
+        if let (true, Some(bos)) = (add_bos, self.bos) {
+            if out.first() != Some(&bos) {
+                out.insert(0, bos);
+            }
+        }
+        Ok(out)
+    }
+
+    /// GGUF tokenizers: special tokens split off by [`SpecialMatcher`], the rest by the model.
+    fn encode_pieces(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         // SentencePiece adds its space prefix at the start and after every special token.
         let mut after_special = true;
@@ -176,14 +195,10 @@ impl Tokenizer {
                             s.extend(t.chars().map(|c| if c == ' ' { spm::SPACE } else { c }));
                             spm.encode(&s, &mut out)?;
                         }
+                        Kind::Hf { tok, .. } => out.extend(tok.encode(t)?),
                     }
                     after_special = false;
                 }
-            }
-        }
-        if let (true, Some(bos)) = (add_bos, self.bos) {
-            if out.first() != Some(&bos) {
-                out.insert(0, bos);
             }
         }
         Ok(out)
@@ -206,7 +221,10 @@ impl Tokenizer {
                 )
             })?;
             let strip = i == 0
-                && matches!(self.kind, Kind::Spm { add_space_prefix: true, .. })
+                && matches!(
+                    self.kind,
+                    Kind::Spm { add_space_prefix: true, .. } | Kind::Hf { strip_first_space: true, .. }
+                )
                 && self.types[id as usize] == TYPE_NORMAL;
             match (strip, bytes.split_first()) {
                 (true, Some((b' ', rest))) => buf.extend_from_slice(rest),

@@ -21,8 +21,19 @@ pub fn smollm2_path() -> PathBuf {
 
 /// A SmolLM2 engine with a small context (keeps the KV cache small) and 2 threads.
 pub fn load(max_queue: usize) -> Engine {
-    Engine::load(EngineConfig { model: smollm2_path(), threads: Some(2), ctx_size: Some(1024), max_queue })
-        .expect("load SmolLM2")
+    load_with(max_queue, ai_sandbox_engine::DEFAULT_MAX_SEQS)
+}
+
+/// [`load`] with at most `max_seqs` sequences in a batch.
+pub fn load_with(max_queue: usize, max_seqs: usize) -> Engine {
+    let cfg = EngineConfig {
+        threads: Some(2),
+        ctx_size: Some(1024),
+        max_queue,
+        max_seqs,
+        ..EngineConfig::new(smollm2_path())
+    };
+    Engine::load(cfg).expect("load SmolLM2")
 }
 
 /// Serialises tests of one binary that share an engine, so each sees a predictable KV cache.

@@ -376,6 +376,7 @@ fn load_smollm2(ctx: usize) -> ai_sandbox_engine::model::Model {
     let mut g = ai_sandbox_engine::gguf::GgufFile::open(&smollm2_path()).expect("open SmolLM2");
     let options = ai_sandbox_engine::model::LoadOptions {
         requantize_to_q8_0: REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
     };
     ai_sandbox_engine::model::Model::load_with(&mut g, Some(ctx), &options).expect("load SmolLM2")
 }

@@ -32,7 +32,9 @@ def test_base_url_swap_and_sync_shape(client, base_url, model_id):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     timings = body.get("timings")
     assert isinstance(timings, dict), "llama.cpp-style timings object missing"
-    assert timings["prompt_n"] == usage["prompt_tokens"] and timings["predicted_n"] == usage["completion_tokens"]
+    # prompt_n counts the prompt tokens computed; the prefix cache served the rest.
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert timings["prompt_n"] + cached == usage["prompt_tokens"] and timings["predicted_n"] == usage["completion_tokens"]
     # The parsed SDK object agrees with the raw body.
     parsed = raw.parse()
     assert parsed.choices[0].message.content == choice["message"]["content"]

@@ -1,0 +1,89 @@
+//! Tests of the Q4_K kernels (shared checks in `test_util.rs`): scalar against candle's own
+//! Q4_K x Q8_K matmul and against an f64 dot of dequantized values, SIMD against scalar (bit
+//! for bit: only integer sums differ in order), batch independence.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use super::super::q8_k::quantize_q8_k;
+use super::super::test_util::{self, randoms};
+use super::*;
+
+#[test]
+fn scalar_matches_candle_qmatmul() {
+    // Same activation quantization and integer sums as candle: only the float summation order
+    // differs.
+    test_util::check_scalar_against_candle::<Q4K>(1e-5);
+}
+
+#[test]
+fn simd_paths_match_scalar() {
+    test_util::check_simd_against_scalar::<Q4K>();
+}
+
+#[test]
+fn simd_paths_equal_scalar_bit_for_bit() {
+    let m = Q4KMatrix::new(test_util::random_matrix(GgmlDType::Q4K, 37, 1536, 5)).unwrap();
+    let x = randoms(5 * 1536, 6);
+    let want = m.matmul_with(Isa::Scalar, &x, 5).unwrap();
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if isa.available() {
+            let got = m.matmul_with(isa, &x, 5).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{isa:?}");
+        }
+    }
+}
+
+#[test]
+fn rows_are_bit_identical_alone_or_batched() {
+    test_util::check_rows_independent_of_batch::<Q4K>();
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    test_util::check_bad_inputs::<Q4K>(GgmlDType::Q8_0);
+    // 288 columns: a multiple of 32 but not of 256.
+    let t = Tensor::zeros((4, 288), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+    assert!(Q4KMatrix::new(std::sync::Arc::new(q)).is_err());
+}
+
+#[test]
+fn scalar_dot_matches_dequantized_f64() {
+    // Independent of candle's kernels and of our header decoding's use in the kernels: candle
+    // dequantizes the weights (its own scale unpacking), we dequantize the activations, f64 sum.
+    let (rows, cols) = (6, 512);
+    let q = test_util::random_matrix(GgmlDType::Q4K, rows, cols, 3);
+    let wf: Vec<f32> = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let x = randoms(cols, 4);
+    let y = Q4KMatrix::new(q)
+        .unwrap()
+        .matmul_with(Isa::Scalar, &x, 1)
+        .unwrap();
+    let a = quantize_q8_k(&x, 1, cols / QK_K);
+    for (r, yr) in y.iter().enumerate() {
+        let want: f64 = (0..cols)
+            .map(|i| wf[r * cols + i] as f64 * (a.qs[i] as f64 * a.d[i / QK_K] as f64))
+            .sum();
+        // candle's dequantization rounds d*sc and dmin*m to f32 once more than we do.
+        assert!(
+            (*yr as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "row {r}: {yr} vs {want}"
+        );
+    }
+}
+
+/// Timing, not correctness:
+/// `CANDLE_NUM_THREADS=1 cargo test -p ai-sandbox-engine --lib bench_q4_k -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_q4_k_matmul() {
+    test_util::bench::<Q4K>(1536, 1536, &[1, 8], 100);
+}
