@@ -4,9 +4,9 @@ Run by bench/compare-llamacpp, which prepares the venv and builds the release se
 same thread count, same prompt token ids, same number of greedy output tokens with EOS banned.
 llama.cpp: prefill = one timed eval() of the prompt after reset(); decode = a timed loop of
 single-token eval() calls picking the argmax with EOS masked. Ours: timings.prompt_per_second and
-timings.predicted_per_second of POST /v1/completions (prompt sent as token ids), from a fresh server
-before and after the llama.cpp runs; a 1-token request with another prompt between runs empties
-the server's prefix cache so every prefill is computed in full. Ratios are of medians. The last
+timings.predicted_per_second of POST /v1/completions (prompt sent as token ids), each run on a
+freshly started server (empty prefix cache, so every prefill is computed in full), before and after
+the llama.cpp runs. Ratios are of medians. The last
 line printed is exactly "decode ratio (ours/llama.cpp): X.XX; prefill ratio: Y.YY".
 """
 import argparse
@@ -78,6 +78,17 @@ def run_llamacpp(model, threads, ids, n_out, runs, ban):
 
 
 def run_ours(binary, model, threads, ids, n_out, runs, ban):
+    """`runs` timed requests, each on a freshly started server (its prefix cache empty, so the
+    whole prompt is computed)."""
+    prefill, decode = [], []
+    for _ in range(runs):
+        p, d = run_ours_once(binary, model, threads, ids, n_out, ban)
+        prefill.append(p)
+        decode.append(d)
+    return prefill, decode
+
+
+def run_ours_once(binary, model, threads, ids, n_out, ban):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([binary, "--model", model, "--host", "127.0.0.1", "--port", str(port),
@@ -97,18 +108,15 @@ def run_ours(binary, model, threads, ids, n_out, runs, ban):
                 raise SystemExit("our server not healthy after 180 s")
             time.sleep(0.1)
         bias = {str(t): -100 for t in ban}
-        prefill, decode = [], []
-        for _ in range(runs):
-            post(base + "/v1/completions", {"model": "m", "prompt": FLUSH_PROMPT, "max_tokens": 1})
-            r = post(base + "/v1/completions", {"model": "m", "prompt": ids, "max_tokens": n_out,
-                                                "temperature": 0, "logit_bias": bias})
-            t, u = r["timings"], r["usage"]
-            if u["completion_tokens"] != n_out or t["prompt_n"] != len(ids):
-                raise SystemExit(f"unexpected counts: usage {u}, timings {t} (want {len(ids)} prompt"
-                                 f" tokens computed, {n_out} generated)")
-            prefill.append(t["prompt_per_second"])
-            decode.append(t["predicted_per_second"])
-        return prefill, decode
+        # A warm-up on another prompt (first-use costs), sharing no 16-token block with `ids`.
+        post(base + "/v1/completions", {"model": "m", "prompt": FLUSH_PROMPT, "max_tokens": 1})
+        r = post(base + "/v1/completions", {"model": "m", "prompt": ids, "max_tokens": n_out,
+                                            "temperature": 0, "logit_bias": bias})
+        t, u = r["timings"], r["usage"]
+        if u["completion_tokens"] != n_out or t["prompt_n"] != len(ids):
+            raise SystemExit(f"unexpected counts: usage {u}, timings {t} (want {len(ids)} prompt"
+                             f" tokens computed, {n_out} generated)")
+        return t["prompt_per_second"], t["predicted_per_second"]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

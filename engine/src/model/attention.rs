@@ -131,7 +131,9 @@ unsafe fn tile_avx2(
     tile(kv, g, s, h, t0, q, out, scratch)
 }
 
-/// Attention of queries `t0..t0+out.len()/head_dim` of span `s` for head `h`.
+/// Attention of queries `t0..t0+out.len()/head_dim` of span `s` for head `h`. Common head sizes
+/// get a version with the head held in registers; the arithmetic of a (query, key) pair is the
+/// same in all of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn tile(
@@ -144,7 +146,93 @@ fn tile(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    let (nh, hd, bs) = (g.n_heads, g.head_dim, g.block_size);
+    match g.head_dim {
+        64 => tile_hd::<64>(kv, g, s, h, t0, q, out, scores),
+        128 => tile_hd::<128>(kv, g, s, h, t0, q, out, scores),
+        _ => tile_any(kv, g, s, h, t0, q, out, scores),
+    }
+}
+
+/// Calls `f(offset, slots)` for each run of keys `first..=p` that lies in one block
+/// (`offset` into the layer's K/V storage of the run's first key).
+#[inline(always)]
+fn for_each_run(g: &Geometry, s: &Span, kvh: usize, first: usize, p: usize, mut f: impl FnMut(usize, usize)) {
+    let bs = g.block_size;
+    let mut j = first;
+    while j <= p {
+        let (b, slot0) = (s.blocks[j / bs], j % bs);
+        let slots = (bs - slot0).min(p + 1 - j);
+        f(LayerKv::offset(g, b, kvh, slot0), slots);
+        j += slots;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_hd<const HD: usize>(
+    kv: &LayerKv,
+    g: &Geometry,
+    s: &Span,
+    h: usize,
+    t0: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let nh = g.n_heads;
+    let kvh = h / (nh / g.n_kv_heads);
+    let scale = 1.0 / (HD as f32).sqrt();
+    for (i, o) in out.chunks_exact_mut(HD).enumerate() {
+        let t = t0 + i;
+        let p = s.pos + t;
+        let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let mut qr = [0.0f32; HD];
+        qr.copy_from_slice(&q[(s.row + t) * nh * HD + h * HD..][..HD]);
+        scores.clear();
+        for_each_run(g, s, kvh, first, p, |base, slots| {
+            let keys = &kv.k[base..base + slots * HD];
+            let mut quads = keys.chunks_exact(4 * HD);
+            for k4 in &mut quads {
+                let d = dot4::<HD>(&qr, k4);
+                scores.extend(d.iter().map(|x| x * scale));
+            }
+            for kr in quads.remainder().chunks_exact(HD) {
+                scores.push(dot(&qr, kr) * scale);
+            }
+        });
+        let sum = softmax_unnormalized(scores);
+        let mut acc = [0.0f32; HD];
+        let mut n = 0;
+        for_each_run(g, s, kvh, first, p, |base, slots| {
+            for vr in kv.v[base..base + slots * HD].chunks_exact(HD) {
+                let a = scores[n];
+                for d in 0..HD {
+                    acc[d] += a * vr[d];
+                }
+                n += 1;
+            }
+        });
+        let inv = 1.0 / sum;
+        for (o, a) in o.iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// [`tile_hd`] for any head size.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_any(
+    kv: &LayerKv,
+    g: &Geometry,
+    s: &Span,
+    h: usize,
+    t0: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let (nh, hd) = (g.n_heads, g.head_dim);
     let kvh = h / (nh / g.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     for (i, o) in out.chunks_exact_mut(hd).enumerate() {
@@ -153,40 +241,100 @@ fn tile(
         let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
         let qrow = &q[(s.row + t) * nh * hd + h * hd..][..hd];
         scores.clear();
-        let mut j = first;
-        while j <= p {
-            let (b, slot0) = (s.blocks[j / bs], j % bs);
-            let slots = (bs - slot0).min(p + 1 - j);
-            let base = LayerKv::offset(g, b, kvh, slot0);
+        for_each_run(g, s, kvh, first, p, |base, slots| {
             for kr in kv.k[base..base + slots * hd].chunks_exact(hd) {
                 scores.push(dot(qrow, kr) * scale);
             }
-            j += slots;
-        }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0f32;
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        });
+        let sum = softmax_unnormalized(scores);
         o.fill(0.0);
-        let mut j = first;
-        let mut si = 0;
-        while j <= p {
-            let (b, slot0) = (s.blocks[j / bs], j % bs);
-            let slots = (bs - slot0).min(p + 1 - j);
-            let base = LayerKv::offset(g, b, kvh, slot0);
+        let mut n = 0;
+        for_each_run(g, s, kvh, first, p, |base, slots| {
             for vr in kv.v[base..base + slots * hd].chunks_exact(hd) {
-                axpy(o, scores[si], vr);
-                si += 1;
+                axpy(o, scores[n], vr);
+                n += 1;
             }
-            j += slots;
-        }
+        });
         let inv = 1.0 / sum;
         for x in o.iter_mut() {
             *x *= inv;
         }
     }
+}
+
+/// `x[i] = exp(x[i] - max)`; returns the sum (8 lanes, then the lanes in order).
+#[inline(always)]
+fn softmax_unnormalized(x: &mut [f32]) -> f32 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        let mut v = [0.0f32; LANES];
+        for l in 0..LANES {
+            v[l] = c[l] - max;
+        }
+        let e = exp8(v);
+        for l in 0..LANES {
+            c[l] = e[l];
+            lanes[l] += e[l];
+        }
+    }
+    let mut sum = 0.0;
+    for l in lanes {
+        sum += l;
+    }
+    for v in chunks.into_remainder() {
+        let mut e = [0.0f32; LANES];
+        e[0] = *v - max;
+        *v = exp8(e)[0];
+        sum += *v;
+    }
+    sum
+}
+
+/// `exp` of 8 values <= 0 (larger ones are not needed here), vectorizable: `2^n * p(r)` with
+/// `x = n*ln2 + r`, `|r| <= ln2/2`, and a degree-6 Taylor polynomial (relative error < 2e-7).
+/// Values below -87 give about 1e-38 instead of smaller ones (nothing in a softmax notices).
+#[inline(always)]
+fn exp8(x: [f32; LANES]) -> [f32; LANES] {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    let mut out = [0.0f32; LANES];
+    for l in 0..LANES {
+        let v = x[l].max(-87.0);
+        let n = (v * LOG2E + ROUND) - ROUND;
+        let r = (v - n * LN2_HI) - n * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let bits = ((n as i32 + 127) as u32) << 23;
+        out[l] = p * f32::from_bits(bits);
+    }
+    out
+}
+
+/// Four dot products of `q` with the consecutive keys in `k4`; each is computed exactly as
+/// [`dot`] computes it (same lanes, same order), only interleaved.
+#[inline(always)]
+fn dot4<const HD: usize>(q: &[f32; HD], k4: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; LANES]; 4];
+    for c in 0..HD / LANES {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let k = &k4[j * HD + c * LANES..][..LANES];
+            for l in 0..LANES {
+                a[l] += q[c * LANES + l] * k[l];
+            }
+        }
+    }
+    acc.map(|a| {
+        let mut s = 0.0;
+        for l in a {
+            s += l;
+        }
+        s
+    })
 }
 
 const LANES: usize = 8;

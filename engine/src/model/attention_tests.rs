@@ -58,8 +58,8 @@ fn paged(g: &Geometry, n_blocks: usize, blocks: &[u32], q: &[f32], k: &[f32], v:
 #[test]
 fn paged_attention_matches_dense_reference_with_window_gqa_and_scattered_blocks() {
     let mut rng = StdRng::seed_from_u64(7);
-    for window in [None, Some(5)] {
-        let g = Geometry { n_heads: 6, n_kv_heads: 2, head_dim: 20, block_size: 4, sliding_window: window };
+    for (window, head_dim) in [(None, 20), (Some(5), 20), (None, 64), (Some(7), 128)] {
+        let g = Geometry { n_heads: 6, n_kv_heads: 2, head_dim, block_size: 4, sliding_window: window };
         let len = 23;
         let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
         let (q, k, v) = (random(&mut rng, len * w), random(&mut rng, len * kw), random(&mut rng, len * kw));
@@ -69,7 +69,7 @@ fn paged_attention_matches_dense_reference_with_window_gqa_and_scattered_blocks(
         for chunk in [1, 3, 23] {
             let got = paged(&g, 12, &blocks, &q, &k, &v, len, chunk);
             let err = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-            assert!(err < 1e-5, "window {window:?} chunk {chunk}: max error {err}");
+            assert!(err < 1e-5, "window {window:?} head_dim {head_dim} chunk {chunk}: max error {err}");
         }
     }
 }
@@ -111,4 +111,17 @@ fn rope_styles_rotate_the_right_pairs() {
     let mut x = vec![1.0, 2.0, 3.0, 4.0];
     rope(&mut x, 1, 4, &[1], &cos, &sin, RopeStyle::Neox);
     assert_eq!(x, vec![-3.0, 2.0, 1.0, 4.0]);
+}
+
+#[test]
+fn fast_exp_is_accurate_over_the_softmax_range() {
+    let mut worst = 0.0f64;
+    for i in 0..=100_000 {
+        let x = -87.0 * i as f32 / 100_000.0;
+        let got = exp8([x; LANES])[3] as f64;
+        let want = (x as f64).exp();
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 5e-7, "worst relative error {worst}");
+    assert_eq!(exp8([0.0; LANES]), [1.0; LANES]);
 }
