@@ -15,7 +15,7 @@ pub const DEFAULT_PORT: u16 = 8000;
 /// Default request queue length.
 pub const DEFAULT_MAX_QUEUE: usize = 64;
 
-/// OpenAI-compatible LLM server for AI Sandbox (CPU inference on GGUF models).
+/// OpenAI-compatible LLM server for AI Sandbox (CPU inference on GGUF and Hugging Face models).
 ///
 /// Every option can also be set with an environment variable or in a YAML file given with
 /// --config (keys as below with `_` instead of `-`, e.g. `max_queue: 16`). Precedence:
@@ -26,7 +26,9 @@ pub struct Args {
     /// YAML config file with any of the keys below.
     #[arg(long, env = "AI_SANDBOX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Path to the GGUF model file (required, here or in the config file).
+    /// The model (required, here or in the config file): a GGUF file, a Hugging Face model
+    /// folder, or hf:ORG/NAME[@REV] (downloaded into the HF cache, $HF_HOME; HF_TOKEN for gated
+    /// repos).
     #[arg(long, env = "AI_SANDBOX_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1].

@@ -18,10 +18,13 @@ impl EngineBackend {
     /// Load the model (blocking; seconds).
     pub fn load(cfg: EngineConfig) -> Result<Arc<dyn Backend>, EngineError> {
         let engine = Engine::load(cfg)?;
-        let file_name = engine
-            .info()
-            .path
-            .file_name()
+        // A GGUF's file name is accepted as an alias of the model id; a Hugging Face folder's
+        // name (or an `hf:` snapshot's commit hash) is not.
+        let path = &engine.info().path;
+        let file_name = path
+            .is_file()
+            .then(|| path.file_name())
+            .flatten()
             .map(|f| f.to_string_lossy().into_owned());
         Ok(Arc::new(EngineBackend {
             engine,

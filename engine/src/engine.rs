@@ -1,6 +1,7 @@
-//! The public [`Engine`] handle: loads a GGUF (tokenizer, chat template, model), sizes the CPU
-//! thread pools, starts the generation worker (`worker.rs`) and exposes prompt building,
-//! tokenization and request submission to the HTTP layer. Cheap to clone.
+//! The public [`Engine`] handle: loads a GGUF or a Hugging Face model (a folder, or `hf:` downloaded
+//! into the HF cache): tokenizer, chat template, model; sizes the CPU thread pools, starts the
+//! generation worker (`worker.rs`) and exposes prompt building, tokenization and request
+//! submission to the HTTP layer. Cheap to clone.
 //!
 //! Threads: candle 0.11 runs quantized matmuls on its own process-wide "barrier pool", sized
 //! ONCE, on first use, from `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the physical
@@ -11,12 +12,13 @@
 //! that size for the worker's forward passes, then checks the barrier pool's real size and warns
 //! when an earlier engine in the same process already fixed it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::gguf::GgufFile;
+use crate::hf::{HfModelFiles, HubOptions, ModelSource, SafetensorsWeights};
 use crate::model::{kv_bytes_per_block, LoadOptions, Model, ModelConfig, SeqInput, KV_BLOCK_SIZE};
 use crate::worker::{LanguageModel, Limits, Scheduler, TokenText};
 
@@ -26,7 +28,8 @@ use crate::{ChatMessage, ChatTemplate, EngineError, GenEvent, GenerateRequest, T
 /// How to start an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Path of the GGUF model file.
+    /// What `--model` names, as [`ModelSource::parse`] reads it: a GGUF file, a Hugging Face
+    /// model folder, or `hf:ORG/NAME[@REV]` (a string, kept in a `PathBuf`).
     pub model: PathBuf,
     /// CPU threads for inference (None: see the module docs).
     pub threads: Option<usize>,
@@ -49,7 +52,8 @@ pub const DEFAULT_MAX_SEQS: usize = 32;
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
 
 impl EngineConfig {
-    /// The defaults for a model file: all cores, the model's context, queue of 64.
+    /// The defaults for a model (file, folder or `hf:` id): all cores, the model's context,
+    /// queue of 64.
     pub fn new(model: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             model: model.into(),
@@ -66,7 +70,8 @@ impl EngineConfig {
 /// Facts about the loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
-    /// `general.name`, else the file stem.
+    /// GGUF: `general.name`, else the file stem. Hugging Face: the repo id for `hf:` sources,
+    /// the folder's name for a local folder.
     pub name: String,
     /// `general.architecture` (llama, mistral, qwen2...).
     pub arch: String,
@@ -74,7 +79,7 @@ pub struct ModelInfo {
     pub ctx_size: usize,
     /// Number of logits per step: token ids (prompt, logit_bias) must be below it.
     pub vocab_size: usize,
-    /// The model file.
+    /// The GGUF file, or the Hugging Face model folder (for `hf:`, its snapshot in the HF cache).
     pub path: PathBuf,
 }
 
@@ -94,14 +99,16 @@ struct Inner {
 }
 
 impl Engine {
-    /// Blocking: opens the GGUF, builds tokenizer, template, model; starts the worker thread.
+    /// Blocking: opens the model (`cfg.model` as [`ModelSource::parse`] reads it: a GGUF file, a
+    /// Hugging Face model folder, or `hf:ORG/NAME[@REV]`, downloaded into the HF cache first),
+    /// builds tokenizer, template, model; starts the worker thread.
     pub fn load(cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.threads == Some(0) {
             return Err(EngineError::Load("--threads must be at least 1".into()));
         }
-        let mut gguf = GgufFile::open(&cfg.model)?;
-        let tokenizer = Arc::new(Tokenizer::from_gguf(&gguf)?);
-        let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
+        let mut source = Opened::open(&cfg.model)?;
+        let (tokenizer, template) = source.tokenizer_and_template()?;
+        let tokenizer = Arc::new(tokenizer);
         let threads = decide_threads(cfg.threads);
         export_thread_count(threads);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -119,19 +126,27 @@ impl Engine {
             );
         }
 
-        let kv_blocks = kv_blocks(&mut gguf, &cfg)?;
+        let kv_blocks = kv_blocks(&mut source, &cfg)?;
         let options = LoadOptions { kv_blocks, ..LoadOptions::default() };
-        let model = Model::load_with(&mut gguf, cfg.ctx_size, &options)?;
+        let (model, path) = match &mut source {
+            Opened::Gguf(gguf) => (Model::load_with(gguf, cfg.ctx_size, &options)?, cfg.model.clone()),
+            Opened::Hf { files, config, weights, .. } => {
+                (Model::load_safetensors(weights, config.clone(), cfg.ctx_size, &options)?, files.dir.clone())
+            }
+        };
         let config = model.config();
-        let name = config.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
-            cfg.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
-        });
+        let name = match &source {
+            Opened::Gguf(_) => config.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
+                cfg.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+            }),
+            Opened::Hf { name, .. } => name.clone(),
+        };
         let info = ModelInfo {
             name,
             arch: config.arch.clone(),
             ctx_size: model.ctx_size(),
             vocab_size: config.vocab_size,
-            path: cfg.model.clone(),
+            path,
         };
         let limits = Limits {
             vocab_size: info.vocab_size,
@@ -202,20 +217,18 @@ impl Engine {
 
 /// KV blocks for the configured budget: `--kv-cache-mb`, else two full contexts; at least one
 /// full context (else a load error naming the flags).
-fn kv_blocks(gguf: &mut GgufFile, cfg: &EngineConfig) -> Result<Option<usize>, EngineError> {
+fn kv_blocks(source: &mut Opened, cfg: &EngineConfig) -> Result<Option<usize>, EngineError> {
     if cfg.max_seqs == 0 || cfg.max_batch_tokens == 0 {
         return Err(EngineError::Load("--max-seqs and --max-batch-tokens must be at least 1".into()));
     }
-    let embd = gguf.tensor_info("token_embd.weight")?;
-    let vocab_rows = embd.shape.dims().first().copied().unwrap_or(0);
-    let config = ModelConfig::from_gguf(gguf, vocab_rows)?;
+    let config = &source.config()?;
     // A --ctx-size beyond the model's context fails in Model::load with its own message.
     let ctx = cfg.ctx_size.unwrap_or(config.context_length).min(config.context_length);
     let need = ctx.div_ceil(KV_BLOCK_SIZE);
     let Some(mb) = cfg.kv_cache_mb else {
         return Ok(Some(2 * need));
     };
-    let per_block = kv_bytes_per_block(&config);
+    let per_block = kv_bytes_per_block(config);
     let blocks = mb.saturating_mul(MIB) / per_block;
     if blocks < need {
         return Err(EngineError::Load(format!(
@@ -226,6 +239,81 @@ fn kv_blocks(gguf: &mut GgufFile, cfg: &EngineConfig) -> Result<Option<usize>, E
         )));
     }
     Ok(Some(blocks))
+}
+
+/// The model `--model` names, opened: a GGUF, or a Hugging Face folder with its config.json
+/// validated and its safetensors headers read (no weights read yet).
+// One short-lived value per load: the variants' sizes don't matter.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Gguf(GgufFile),
+    Hf {
+        files: HfModelFiles,
+        config: ModelConfig,
+        weights: SafetensorsWeights,
+        /// The repo id (`hf:`) or the folder's name.
+        name: String,
+    },
+}
+
+impl Opened {
+    /// Parses `--model` and opens it; `hf:` sources are downloaded (or found in the HF cache)
+    /// with [`HubOptions::from_env`]. A path that isn't valid UTF-8 can only be a GGUF file.
+    fn open(model: &Path) -> Result<Opened, EngineError> {
+        let source = match model.to_str() {
+            Some(arg) => ModelSource::parse(arg)?,
+            None => ModelSource::Gguf(model.to_path_buf()),
+        };
+        let (files, name) = match source {
+            ModelSource::Gguf(path) => return Ok(Opened::Gguf(GgufFile::open(&path)?)),
+            ModelSource::Folder(dir) => {
+                let files = HfModelFiles::from_dir(&dir)?;
+                (files, folder_name(&dir))
+            }
+            ModelSource::Hub(repo) => {
+                let files = repo.download(&HubOptions::from_env()?)?;
+                (files, repo.repo_id.clone())
+            }
+        };
+        let (config, weights) = files.open_model()?;
+        Ok(Opened::Hf { files, config, weights, name })
+    }
+
+    fn tokenizer_and_template(&self) -> Result<(Tokenizer, ChatTemplate), EngineError> {
+        match self {
+            Opened::Gguf(gguf) => {
+                let tokenizer = Tokenizer::from_gguf(gguf)?;
+                let template = ChatTemplate::from_gguf(gguf, &tokenizer)?;
+                Ok((tokenizer, template))
+            }
+            Opened::Hf { files, .. } => {
+                let tokenizer = files.tokenizer()?;
+                let template = files.chat_template(&tokenizer)?;
+                Ok((tokenizer, template))
+            }
+        }
+    }
+
+    /// The model's hyper-parameters (for sizing the KV cache before the weights are read).
+    fn config(&mut self) -> Result<ModelConfig, EngineError> {
+        match self {
+            Opened::Gguf(gguf) => {
+                let embd = gguf.tensor_info("token_embd.weight")?;
+                let vocab_rows = embd.shape.dims().first().copied().unwrap_or(0);
+                ModelConfig::from_gguf(gguf, vocab_rows)
+            }
+            Opened::Hf { config, .. } => Ok(config.clone()),
+        }
+    }
+}
+
+/// A folder's own name (`.` and `..` resolved), for `ModelInfo::name`.
+fn folder_name(dir: &Path) -> String {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).filter(|n| !n.is_empty());
+    named(dir)
+        .filter(|n| n != "." && n != "..")
+        .or_else(|| dir.canonicalize().ok().as_deref().and_then(named))
+        .unwrap_or_else(|| "model".into())
 }
 
 /// `requested`, else `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else available parallelism.

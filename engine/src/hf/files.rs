@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::config::HfConfig;
 use super::weights::SafetensorsWeights;
 use crate::chat_template::ChatTemplate;
+use crate::model::ModelConfig;
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
@@ -106,6 +107,56 @@ impl HfModelFiles {
     /// Opens the safetensors files (reads their headers only).
     pub fn open_weights(&self) -> Result<SafetensorsWeights, EngineError> {
         SafetensorsWeights::open(&self.weights)
+    }
+
+    /// What [`Model::load_safetensors`](crate::model::Model::load_safetensors) needs: config.json
+    /// validated into a [`ModelConfig`] (its vocabulary checked against the embedding table) and
+    /// the weights with config.json's `tie_word_embeddings` applied. `Load` when the files lack the
+    /// embedding table or disagree with config.json about q/k/v biases (qwen2 has them, llama and
+    /// mistral don't: a missing or extra bias would silently change the model).
+    pub fn open_model(&self) -> Result<(ModelConfig, SafetensorsWeights), EngineError> {
+        let hf = self.config()?;
+        let weights = self.open_weights()?.with_tied_embeddings(hf.tie_word_embeddings());
+        let vocab_rows = match weights.shape("token_embd.weight") {
+            Some([rows, _]) => *rows,
+            Some(other) => {
+                return Err(EngineError::Load(format!(
+                    "{}: model.embed_tokens.weight has shape {other:?}, expected 2-D",
+                    self.dir.display()
+                )))
+            }
+            None => {
+                return Err(EngineError::Load(format!(
+                    "{}: the safetensors files have no model.embed_tokens.weight",
+                    self.dir.display()
+                )))
+            }
+        };
+        let config = hf.model_config(vocab_rows).map_err(|e| in_dir(&self.dir, e))?;
+        for layer in 0..config.n_layers {
+            for part in ["attn_q", "attn_k", "attn_v"] {
+                let name = format!("blk.{layer}.{part}.bias");
+                if weights.has(&name) != hf.qkv_bias() {
+                    let hf_name = super::weights::hf_tensor_name(&name).unwrap_or_default();
+                    let why = if hf.qkv_bias() { "is missing" } else { "is present, but the model has no q/k/v biases" };
+                    return Err(EngineError::Load(format!(
+                        "{}: {hf_name} {why} (model_type {})",
+                        self.dir.display(),
+                        hf.model_type
+                    )));
+                }
+            }
+        }
+        Ok((config, weights))
+    }
+}
+
+/// Prefixes a config error with the folder it came from.
+fn in_dir(dir: &Path, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Load(m) => EngineError::Load(format!("{}: {m}", dir.display())),
+        EngineError::Unsupported(m) => EngineError::Unsupported(format!("{}: {m}", dir.display())),
+        other => other,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Our own CPU matmul kernels for quantized weights: Q4_1 (candle runs it with scalar code),
 //! Q8_0 and Q4_0 (candle's SIMD kernels read every weight block once per activation row; ours
 //! once per batch), Q6_K (candle's gives a row different bits depending on the batch) and Q4_K
-//! (tested, not wired: candle's is faster). `matrix.rs` owns the shared matmul driver and its
-//! batch-independence invariant; each format has a scalar reference (`q4_1.rs`, `q8_0.rs`,
-//! `q4_0.rs`, `q6_k.rs`, `q4_k.rs`; activations in `q8_0.rs`, `q8_k.rs`).
+//! (tested, not wired: candle's is faster); and dense f32 weights of Hugging Face checkpoints
+//! (candle's f32 gemm does not promise batch-independent rows). `matrix.rs` owns the shared
+//! matmul driver and its batch-independence invariant; each format has a scalar reference
+//! (`q4_1.rs`, `q8_0.rs`, `q4_0.rs`, `q6_k.rs`, `q4_k.rs`, `dense.rs`; activations in `q8_0.rs`,
+//! `q8_k.rs`).
 //!
 //! Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar), made once at
 //! run time with `is_x86_feature_detected!` and overridable with the `AI_SANDBOX_KERNEL`
@@ -19,6 +21,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_dense;
 // Q4_K is tested but not wired into the model (see `q4_k.rs`): dead outside the tests.
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(not(test), allow(dead_code))]
@@ -29,6 +33,7 @@ mod avx2_q6k;
 mod avx2_q8;
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512;
+mod dense;
 mod matrix;
 mod q4_0;
 mod q4_1;
@@ -42,6 +47,7 @@ mod test_util;
 
 use std::sync::OnceLock;
 
+pub(crate) use dense::F32Matrix;
 pub(crate) use matrix::{Format, QuantMatrix};
 pub(crate) use q4_0::Q4_0Matrix;
 pub(crate) use q4_1::Q4_1Matrix;

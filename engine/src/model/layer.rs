@@ -1,5 +1,6 @@
 //! One transformer block (RMSNorm, grouped-query attention with RoPE over the paged KV cache,
-//! SwiGLU MLP), its KV storage, and the loading of its weights from `blk.N.*` tensors.
+//! SwiGLU MLP), its KV storage, and the loading of its weights from `blk.N.*` tensors (of a
+//! GGUF or of safetensors, through `WeightSource`).
 //!
 //! A forward runs a packed batch of `T` tokens from any number of sequences: activations are
 //! `[T, hidden]`, each row at its own position; the matmuls see all `T` rows at once (each
@@ -11,8 +12,7 @@ use candle_core::{Device, Tensor};
 
 use super::attention::{self, Geometry, LayerKv, Span};
 use super::config::ModelConfig;
-use super::weights::{self, Linear};
-use crate::gguf::GgufFile;
+use super::weights::{Linear, WeightSource};
 use crate::EngineError;
 
 /// The weights and KV cache of one block.
@@ -43,61 +43,48 @@ pub(crate) struct Step<'a> {
 }
 
 impl Layer {
+    /// Reads block `i`'s `blk.{i}.*` tensors (q/k/v biases when present) from `src` and
+    /// allocates its KV storage of `n_blocks` blocks.
     pub(crate) fn load(
-        gguf: &mut GgufFile,
+        src: &mut WeightSource,
         cfg: &ModelConfig,
         i: usize,
         geometry: &Geometry,
         n_blocks: usize,
-        requantize: bool,
         device: &Device,
     ) -> Result<Layer, EngineError> {
         let p = |s: &str| format!("blk.{i}.{s}");
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let q_out = cfg.n_heads * hd;
         let kv_out = cfg.n_kv_heads * hd;
-        let bias =
-            |gguf: &mut GgufFile, name: String, n: usize| -> Result<Option<Tensor>, EngineError> {
-                if gguf.has_tensor(&name) {
-                    weights::vector(gguf, &name, n, device).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
+        // In the order the tensors were always read (the first bad one is the error reported).
+        let attn_norm = src.vector(&p("attn_norm.weight"), h, device)?;
+        let wq = src.matrix(&p("attn_q.weight"), q_out, h, device)?;
+        let wk = src.matrix(&p("attn_k.weight"), kv_out, h, device)?;
+        let wv = src.matrix(&p("attn_v.weight"), kv_out, h, device)?;
+        // Optional: qwen2 has q/k/v biases, llama and mistral don't.
+        let mut bias = |name: String, n: usize| -> Result<Option<Tensor>, EngineError> {
+            match src.has(&name) {
+                true => src.vector(&name, n, device).map(Some),
+                false => Ok(None),
+            }
+        };
+        let bq = bias(p("attn_q.bias"), q_out)?;
+        let bk = bias(p("attn_k.bias"), kv_out)?;
+        let bv = bias(p("attn_v.bias"), kv_out)?;
         Ok(Layer {
-            attn_norm: weights::vector(gguf, &p("attn_norm.weight"), h, device)?,
-            wq: weights::matrix(gguf, requantize, &p("attn_q.weight"), q_out, h, device)?,
-            wk: weights::matrix(gguf, requantize, &p("attn_k.weight"), kv_out, h, device)?,
-            wv: weights::matrix(gguf, requantize, &p("attn_v.weight"), kv_out, h, device)?,
-            bq: bias(gguf, p("attn_q.bias"), q_out)?,
-            bk: bias(gguf, p("attn_k.bias"), kv_out)?,
-            bv: bias(gguf, p("attn_v.bias"), kv_out)?,
-            wo: weights::matrix(gguf, requantize, &p("attn_output.weight"), h, q_out, device)?,
-            ffn_norm: weights::vector(gguf, &p("ffn_norm.weight"), h, device)?,
-            w_gate: weights::matrix(
-                gguf,
-                requantize,
-                &p("ffn_gate.weight"),
-                cfg.ffn_size,
-                h,
-                device,
-            )?,
-            w_up: weights::matrix(
-                gguf,
-                requantize,
-                &p("ffn_up.weight"),
-                cfg.ffn_size,
-                h,
-                device,
-            )?,
-            w_down: weights::matrix(
-                gguf,
-                requantize,
-                &p("ffn_down.weight"),
-                h,
-                cfg.ffn_size,
-                device,
-            )?,
+            attn_norm,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
+            wo: src.matrix(&p("attn_output.weight"), h, q_out, device)?,
+            ffn_norm: src.vector(&p("ffn_norm.weight"), h, device)?,
+            w_gate: src.matrix(&p("ffn_gate.weight"), cfg.ffn_size, h, device)?,
+            w_up: src.matrix(&p("ffn_up.weight"), cfg.ffn_size, h, device)?,
+            w_down: src.matrix(&p("ffn_down.weight"), h, cfg.ffn_size, device)?,
             kv: LayerKv::new(geometry, n_blocks),
         })
     }

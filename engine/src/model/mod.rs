@@ -1,6 +1,8 @@
-//! The forward pass of Llama-family models (llama, mistral, qwen2) loaded from GGUF: weights as
-//! stored (Q4_1 matmuls on our own SIMD kernels in `crate::kernels`, other types through
-//! candle's `QMatMul`), RoPE tables, and a paged KV cache of fixed-size blocks
+//! The forward pass of Llama-family models (llama, mistral, qwen2) loaded from GGUF (weights as
+//! stored: Q4_1, Q8_0, Q4_0 and Q6_K matmuls on our own SIMD kernels in `crate::kernels`, other
+//! types through candle's `QMatMul`) or from Hugging Face safetensors ([`Model::load_safetensors`]:
+//! f32 weights on our dense kernel, the same GGUF tensor names through `weights::WeightSource`),
+//! RoPE tables, and a paged KV cache of fixed-size blocks
 //! (`attention.rs`). [`Model::forward_batch`] runs a packed batch of several sequences (each
 //! with its tokens, start position and block table) in one pass; [`Model::forward`] is the
 //! one-sequence convenience over an identity block table.
@@ -11,8 +13,9 @@
 //! sequence's tokens (see `attention.rs`; the matmuls are per row too), so batching and
 //! chunking never change a value.
 //!
-//! Memory: weights stay in their GGUF type (the embedding table is dequantized one row per token
-//! looked up); the KV cache is f32, `2 * n_layers * n_kv_heads * head_dim * 4` bytes per token
+//! Memory: GGUF weights stay in their stored type (the embedding table is dequantized one row
+//! per token looked up); safetensors weights take 4 bytes each (twice a bf16 checkpoint); the KV
+//! cache is f32, `2 * n_layers * n_kv_heads * head_dim * 4` bytes per token
 //! (SmolLM2-135M: 46 KB, 377 MB for its 8192 positions), allocated zeroed so only the blocks
 //! written cost resident memory.
 //!
@@ -39,9 +42,10 @@ use candle_core::{Device, Tensor};
 use attention::{Geometry, Span};
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
 use layer::{Layer, Step};
-use weights::Linear;
+use weights::{Linear, WeightSource};
 
 use crate::gguf::GgufFile;
+use crate::hf::SafetensorsWeights;
 use crate::EngineError;
 
 /// Positions per KV block.
@@ -113,7 +117,6 @@ impl Model {
         options: &LoadOptions,
     ) -> Result<Model, EngineError> {
         let requantize = options.requantize_to_q8_0;
-        let device = Device::Cpu;
         let embd_info = gguf.tensor_info("token_embd.weight")?;
         let vocab_rows = match embd_info.shape.dims() {
             [rows, _] => *rows,
@@ -124,14 +127,54 @@ impl Model {
             }
         };
         let config = ModelConfig::from_gguf(gguf, vocab_rows)?;
+        let context_key = format!("`{}.context_length`", config.arch);
+        let src = WeightSource::Gguf {
+            file: gguf,
+            requantize,
+        };
+        Self::build(src, config, &context_key, ctx_size, options)
+    }
+
+    /// Loads a Hugging Face checkpoint: `config` from its config.json
+    /// ([`HfConfig::model_config`](crate::hf::HfConfig::model_config)), tensors from `weights`
+    /// (asked for by GGUF name, see [`SafetensorsWeights`]; tied embeddings already decided
+    /// there). Every tensor is widened to f32 (exact from F32, F16 and BF16); matrices run on our
+    /// dense f32 kernel, whose rows never depend on the batch. `ctx_size` and
+    /// `options.kv_blocks` as for [`Model::load_with`]; `requantize_to_q8_0` does not apply.
+    pub fn load_safetensors(
+        weights: &SafetensorsWeights,
+        config: ModelConfig,
+        ctx_size: Option<usize>,
+        options: &LoadOptions,
+    ) -> Result<Model, EngineError> {
+        let src = WeightSource::Safetensors(weights);
+        Self::build(
+            src,
+            config,
+            "config.json's `max_position_embeddings`",
+            ctx_size,
+            options,
+        )
+    }
+
+    /// The load path shared by both sources; `context_key` names where `context_length` came
+    /// from (for the --ctx-size message).
+    fn build(
+        mut src: WeightSource,
+        config: ModelConfig,
+        context_key: &str,
+        ctx_size: Option<usize>,
+        options: &LoadOptions,
+    ) -> Result<Model, EngineError> {
+        let device = Device::Cpu;
         let ctx_size = match ctx_size {
             None => config.context_length,
             Some(0) => return Err(EngineError::Load("--ctx-size must be at least 1".into())),
             Some(n) if n > config.context_length => {
                 return Err(EngineError::Load(format!(
-                "--ctx-size {n} is larger than the model's context length {} (`{}.context_length`)",
-                config.context_length, config.arch
-            )))
+                    "--ctx-size {n} is larger than the model's context length {} ({context_key})",
+                    config.context_length
+                )))
             }
             Some(n) => n,
         };
@@ -152,30 +195,24 @@ impl Model {
             sliding_window: config.sliding_window,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embeddings = Arc::new(weights::qtensor(
-            gguf,
-            "token_embd.weight",
-            vocab,
-            hidden,
-            &device,
-        )?);
-        let output = if gguf.has_tensor("output.weight") {
-            weights::matrix(gguf, requantize, "output.weight", vocab, hidden, &device)?
+        let embeddings = Arc::new(src.embeddings("token_embd.weight", vocab, hidden, &device)?);
+        let output = if src.has("output.weight") {
+            src.matrix("output.weight", vocab, hidden, &device)?
         } else {
-            Linear::new(embeddings.clone()).map_err(|e| {
+            src.tied_output(embeddings.clone()).map_err(|e| {
                 EngineError::Load(format!("tied output from token_embd.weight: {e}"))
             })?
         };
-        let output_norm = weights::vector(gguf, "output_norm.weight", hidden, &device)?;
-        let freq_factors = if gguf.has_tensor("rope_freqs.weight") {
-            let t = weights::vector(gguf, "rope_freqs.weight", config.rope_dim / 2, &device)?;
+        let output_norm = src.vector("output_norm.weight", hidden, &device)?;
+        let freq_factors = if src.has("rope_freqs.weight") {
+            let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &device)?;
             Some(t.to_vec1::<f32>()?)
         } else {
             None
         };
         let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &device)?;
         let layers = (0..config.n_layers)
-            .map(|i| Layer::load(gguf, &config, i, &geometry, n_blocks, requantize, &device))
+            .map(|i| Layer::load(&mut src, &config, i, &geometry, n_blocks, &device))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             config,
