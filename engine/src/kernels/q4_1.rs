@@ -114,6 +114,10 @@ impl Format for Q4_1 {
         if a.l == 0 {
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            return super::avx2::dots(w, a, yt);
+        }
         for (y, wr) in yt
             .chunks_exact_mut(a.l)
             .zip(w.chunks_exact(a.nb * BLOCK_BYTES))

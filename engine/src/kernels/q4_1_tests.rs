@@ -164,8 +164,15 @@ fn bad_inputs_are_errors() {
 #[test]
 #[ignore]
 fn bench_q4_1_matmul() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    for &(rows, cols, l) in &[(1536, 576, 1), (576, 1536, 1), (1536, 576, 16)] {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let shapes = [(1536, 576), (576, 1536)];
+    for (rows, cols, l) in shapes
+        .into_iter()
+        .flat_map(|(r, c)| [1, 4, 8, 16].map(|l| (r, c, l)))
+    {
         let m = Q4_1Matrix::new(random_q4_1(rows, cols, 1)).unwrap();
         let x = randoms(l * cols, 2);
         for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
@@ -192,4 +199,95 @@ fn bench_q4_1_matmul() {
 #[test]
 fn rows_are_bit_identical_alone_or_batched() {
     super::super::test_util::check_rows_independent_of_batch::<Q4_1>();
+}
+
+/// The AVX2 row-pair driver (`avx2::dots`) against the single-row one the matmul runs today:
+/// bit-equal for every token count (pairs from 4 tokens, with 1-token remainders, an odd last
+/// row), every token bit-equal to itself quantized and run alone, and close to scalar.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_row_pairs_equal_single_rows_bitwise() {
+    if !Isa::Avx2.available() {
+        eprintln!("AVX2 not available on this CPU: skipped");
+        return;
+    }
+    let (rows, cols) = (45, 576);
+    let nb = cols / QK;
+    let q = random_q4_1(rows, cols, 21);
+    let w = q.data().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    for l in [1, 2, 3, 4, 5, 7, 8, 9, 16] {
+        let x = randoms(l * cols, 30 + l as u64);
+        let a = quantize_q8_1(&x, l, nb);
+        let mut paired = vec![0f32; rows * l];
+        super::super::avx2::dots(&w, &a, &mut paired);
+        let mut single = vec![0f32; rows * l];
+        let mut scalar = vec![0f32; rows * l];
+        for (r, wr) in w.chunks_exact(nb * BLOCK_BYTES).enumerate() {
+            super::super::avx2::row_dots(wr, &a, &mut single[r * l..(r + 1) * l]);
+            row_dots_scalar(wr, &a, &mut scalar[r * l..(r + 1) * l]);
+        }
+        assert_eq!(
+            bits(&paired),
+            bits(&single),
+            "L={l}: paired vs single-row tiles"
+        );
+        let tol = 1e-5 * max_abs(&scalar).max(1.0);
+        for (i, (p, s)) in paired.iter().zip(&scalar).enumerate() {
+            assert!((p - s).abs() <= tol, "L={l} yt[{i}]: {p} vs scalar {s}");
+        }
+        for t in 0..l {
+            let one = quantize_q8_1(&x[t * cols..(t + 1) * cols], 1, nb);
+            let mut alone = vec![0f32; rows];
+            super::super::avx2::dots(&w, &one, &mut alone);
+            let in_batch: Vec<f32> = (0..rows).map(|r| paired[r * l + t]).collect();
+            assert_eq!(
+                bits(&in_batch),
+                bits(&alone),
+                "L={l}: token {t} alone vs in the batch"
+            );
+        }
+    }
+}
+
+/// The AVX2 kernel alone (no quantization, one thread), single-row tiles vs row pairs:
+/// `cargo test --release -p ai-sandbox-engine --lib bench_q4_1_row_pairs -- --ignored --nocapture`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn bench_q4_1_row_pairs() {
+    if !Isa::Avx2.available() {
+        return;
+    }
+    for (rows, cols) in [(1536, 576), (576, 1536), (49152, 576)] {
+        let nb = cols / QK;
+        let q = random_q4_1(rows, cols, 1);
+        let w = q.data().unwrap();
+        for l in [1, 4, 8, 16] {
+            let a = quantize_q8_1(&randoms(l * cols, 2), l, nb);
+            let mut yt = vec![0f32; rows * l];
+            let reps = (300 * 1536 * 576 / (rows * cols)).max(10);
+            let mut time = |paired: bool| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    if paired {
+                        super::super::avx2::dots(&w, &a, &mut yt);
+                    } else {
+                        for (r, wr) in w.chunks_exact(nb * BLOCK_BYTES).enumerate() {
+                            super::super::avx2::row_dots(wr, &a, &mut yt[r * l..(r + 1) * l]);
+                        }
+                    }
+                    std::hint::black_box(&yt);
+                }
+                t0.elapsed().as_secs_f64() / reps as f64 * 1e6
+            };
+            let (single, paired) = (time(false), time(true));
+            let (single2, paired2) = (time(false), time(true));
+            eprintln!(
+                "Q4_1 kernel [{rows}x{cols}] L={l}: single-row {:.1} us, row pairs {:.1} us",
+                single.min(single2),
+                paired.min(paired2)
+            );
+        }
+    }
 }

@@ -82,11 +82,14 @@ fn scalar_dot_matches_dequantized_f64() {
     }
 }
 
-/// Ours vs candle's `QMatMul` on SmolLM2's tied output matrix shape (timing, not correctness):
+/// Ours vs candle's `QMatMul` on SmolLM2's MLP and tied output matrix shapes (timing, not
+/// correctness):
 /// `CANDLE_NUM_THREADS=1 cargo test --release -p ai-sandbox-engine --lib bench_q8_0 -- --ignored --nocapture`.
 /// Single-threaded, so the numbers are the kernels' own.
 #[test]
 #[ignore]
 fn bench_q8_0_matmul() {
-    test_util::bench::<Q8_0>(49152, 576, &[1, 8], 20);
+    test_util::bench::<Q8_0>(1536, 576, &[1, 4, 8, 16], 200);
+    test_util::bench::<Q8_0>(576, 1536, &[1, 4, 8, 16], 200);
+    test_util::bench::<Q8_0>(49152, 576, &[1, 4, 8, 16], 20);
 }
