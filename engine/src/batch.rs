@@ -149,6 +149,8 @@ impl Batcher {
     /// Admits waiting sequence `seq` if a slot, budget and blocks allow (rule 3): adopts its
     /// cached prefix, allocates blocks for the first chunk and plans it. Gives the sequence
     /// back when it can't join now.
+    // The sequence goes back to the head of its line when it can't join; a move, not worth a Box.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn admit(&mut self, mut seq: Seq, budget: &mut usize, plan: &mut Vec<Planned>) -> Result<(), Seq> {
         if self.free_slots() == 0 || *budget == 0 || !seq.can_send() {
             return Err(seq);

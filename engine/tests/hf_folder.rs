@@ -197,7 +197,7 @@ fn broken_folders_are_refused_by_name() {
     let shard = tmp.0.join(tiny_hf::SHARDS[0]);
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
-    let err = SafetensorsWeights::open(&[shard.clone()]).unwrap_err();
+    let err = SafetensorsWeights::open(std::slice::from_ref(&shard)).unwrap_err();
     assert!(matches!(&err, EngineError::Load(s) if s.contains("byte range")), "{err}");
     std::fs::write(&shard, b"not a safetensors file").unwrap();
     assert!(matches!(SafetensorsWeights::open(&[shard]), Err(EngineError::Load(_))));

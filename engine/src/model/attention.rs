@@ -274,8 +274,8 @@ fn softmax_unnormalized(x: &mut [f32]) -> f32 {
             v[l] = c[l] - max;
         }
         let e = exp8(v);
+        c.copy_from_slice(&e);
         for l in 0..LANES {
-            c[l] = e[l];
             lanes[l] += e[l];
         }
     }

@@ -42,6 +42,7 @@ fn reference(g: &Geometry, q: &[f32], k: &[f32], v: &[f32], len: usize) -> Vec<f
 
 /// Runs `len` tokens of one sequence through the paged path in chunks of `chunk`, with the
 /// block table `blocks`; returns every row's output.
+#[allow(clippy::too_many_arguments)]
 fn paged(g: &Geometry, n_blocks: usize, blocks: &[u32], q: &[f32], k: &[f32], v: &[f32], len: usize, chunk: usize) -> Vec<f32> {
     let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
     let mut kv = LayerKv::new(g, n_blocks);
