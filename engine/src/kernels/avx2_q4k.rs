@@ -9,43 +9,12 @@
 use std::arch::x86_64::*;
 
 use super::q4_k::{block_value, scales_mins, sub_sum, BLOCK_BYTES};
+use super::avx2_k::{self, hsum_i32};
 use super::q8_k::{Q8KRows, QK_K};
 
-/// `yt[i*l + t]` = dot of Q4_K weight row `i` of `w` with token `t` of `a`. Caller guarantees
-/// AVX2, FMA and F16C are available (`Isa::Avx2.available()`).
+/// `yt[i*l + t]` = dot of weight row `i` of `w` with token `t` of `a` (see `avx2_k::dots`).
 pub(super) fn dots(w: &[u8], a: &Q8KRows, yt: &mut [f32]) {
-    let (nb, l) = (a.nb, a.l);
-    if l == 0 {
-        return;
-    }
-    let rows = yt.len() / l;
-    // These checks make every pointer access below in bounds; they are O(1) per call.
-    assert!(yt.len() == rows * l && w.len() >= rows * nb * BLOCK_BYTES);
-    assert!(a.qs.len() >= l * nb * QK_K && a.d.len() >= l * nb && a.sums.len() >= l * nb * 16);
-    for r in 0..rows {
-        let row = &w[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
-        let mut t = 0;
-        // SAFETY (both calls): the caller checked the CPU features (the only precondition of
-        // a `target_feature` fn); `row` holds nb blocks and tokens t..t+N <= l exist in `a`.
-        while t + 4 <= l {
-            unsafe { tile::<4>(row, a, t, &mut yt[r * l + t..r * l + t + 4]) };
-            t += 4;
-        }
-        while t < l {
-            unsafe { tile::<1>(row, a, t, &mut yt[r * l + t..r * l + t + 1]) };
-            t += 1;
-        }
-    }
-}
-
-/// Exact horizontal sum of 8 i32 lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
-    _mm_cvtsi128_si32(s)
+    avx2_k::dots(w, a, yt, BLOCK_BYTES, tile::<4>, tile::<1>)
 }
 
 /// One weight row (`row`, `a.nb` blocks) against tokens `t0..t0+N`, into `out[0..N]`.

@@ -23,6 +23,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_dense;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
 // Q4_K is tested but not wired into the model (see `q4_k.rs`): dead outside the tests.
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(not(test), allow(dead_code))]

@@ -79,6 +79,17 @@ pub struct SeqInput<'a> {
     pub logits: bool,
 }
 
+/// The attention shape of a model of this config over blocks of [`KV_BLOCK_SIZE`].
+fn geometry(cfg: &ModelConfig) -> Geometry {
+    Geometry {
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        block_size: KV_BLOCK_SIZE,
+        sliding_window: cfg.sliding_window,
+    }
+}
+
 /// Bytes of KV cache one block takes for a model of this shape.
 pub fn kv_bytes_per_block(cfg: &ModelConfig) -> usize {
     2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BLOCK_SIZE * std::mem::size_of::<f32>()
@@ -187,13 +198,7 @@ impl Model {
                 n_blocks * KV_BLOCK_SIZE
             )));
         }
-        let geometry = Geometry {
-            n_heads: config.n_heads,
-            n_kv_heads: config.n_kv_heads,
-            head_dim: config.head_dim,
-            block_size: KV_BLOCK_SIZE,
-            sliding_window: config.sliding_window,
-        };
+        let geometry = geometry(&config);
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embeddings = Arc::new(src.embeddings("token_embd.weight", vocab, hidden, &device)?);
         let output = if src.has("output.weight") {
@@ -246,13 +251,7 @@ impl Model {
     }
 
     fn geometry(&self) -> Geometry {
-        Geometry {
-            n_heads: self.config.n_heads,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
-            block_size: KV_BLOCK_SIZE,
-            sliding_window: self.config.sliding_window,
-        }
+        geometry(&self.config)
     }
 
     /// Runs one sequence's `tokens` at positions pos..pos+tokens.len() over blocks
