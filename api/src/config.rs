@@ -15,7 +15,7 @@ pub const DEFAULT_PORT: u16 = 8000;
 /// Default request queue length.
 pub const DEFAULT_MAX_QUEUE: usize = 64;
 
-/// OpenAI-compatible LLM server for AI Sandbox (CPU inference on GGUF and Hugging Face models).
+/// OpenAI-compatible LLM server for AI Sandbox (GGUF and Hugging Face models on the CPU or an NVIDIA GPU).
 ///
 /// Every option can also be set with an environment variable or in a YAML file given with
 /// --config (keys as below with `_` instead of `-`, e.g. `max_queue: 16`). Precedence:
@@ -59,6 +59,14 @@ pub struct Args {
     /// Most tokens in one forward pass: all decodes plus prompt chunks [default: 256].
     #[arg(long, env = "AI_SANDBOX_MAX_BATCH_TOKENS", value_name = "N")]
     pub max_batch_tokens: Option<usize>,
+    /// Where the model runs: cpu (our CPU kernels), cuda or cuda:N (an NVIDIA GPU; needs a
+    /// binary built with the `cuda` feature), cpu-tensor (the GPU code path on the CPU, for
+    /// tests) [default: cpu].
+    #[arg(long, env = "AI_SANDBOX_DEVICE", value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Weight and KV-cache dtype on a GPU: bf16, f16 or f32 [default: bf16 on cuda].
+    #[arg(long, env = "AI_SANDBOX_DTYPE", value_name = "DTYPE")]
+    pub dtype: Option<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* [default: any key or none accepted].
     #[arg(
         long,
@@ -83,6 +91,8 @@ pub struct FileConfig {
     pub kv_cache_mb: Option<usize>,
     pub max_seqs: Option<usize>,
     pub max_batch_tokens: Option<usize>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
     pub api_key: Option<String>,
 }
 
@@ -99,6 +109,8 @@ pub struct Config {
     pub kv_cache_mb: Option<usize>,
     pub max_seqs: usize,
     pub max_batch_tokens: usize,
+    pub device: String,
+    pub dtype: Option<String>,
     pub api_key: Option<String>,
 }
 
@@ -161,6 +173,8 @@ impl Config {
                 .max_batch_tokens
                 .or(file.max_batch_tokens)
                 .unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
+            device: args.device.or(file.device).filter(|s| !s.is_empty()).unwrap_or_else(|| "cpu".into()),
+            dtype: args.dtype.or(file.dtype).filter(|s| !s.is_empty()),
             api_key: args.api_key.or(file.api_key).filter(|s| !s.is_empty()),
         };
         if cfg.threads == Some(0) {

@@ -49,6 +49,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, auth = cfg.api_key.is_some(), "listening; loading the model in the background");
 
+    // Checked before anything loads: a bad --device/--dtype (or no GPU) fails the start.
+    let placement = ai_sandbox_engine::model::Placement::parse(&cfg.device, cfg.dtype.as_deref())?;
     let loader_state = state.clone();
     let engine_cfg = ai_sandbox_engine::EngineConfig {
         model: cfg.model.clone(),
@@ -58,6 +60,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         kv_cache_mb: cfg.kv_cache_mb,
         max_seqs: cfg.max_seqs,
         max_batch_tokens: cfg.max_batch_tokens,
+        placement,
     };
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::gguf::GgufFile;
 use crate::hf::{HfModelFiles, HubOptions, ModelSource, SafetensorsWeights};
-use crate::model::{kv_bytes_per_block, LoadOptions, Model, ModelConfig, SeqInput, KV_BLOCK_SIZE};
+use crate::model::{kv_bytes_per_block, LoadOptions, Model, ModelConfig, Placement, SeqInput, KV_BLOCK_SIZE};
 use crate::worker::{LanguageModel, Limits, Scheduler, TokenText};
 
 const MIB: usize = 1 << 20;
@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub max_seqs: usize,
     /// Most tokens in one forward pass (decodes plus prefill chunks).
     pub max_batch_tokens: usize,
+    /// Host kernels (default) or a device and dtype (`--device cuda`).
+    pub placement: Placement,
 }
 
 /// Default [`EngineConfig::max_seqs`].
@@ -63,6 +65,7 @@ impl EngineConfig {
             kv_cache_mb: None,
             max_seqs: DEFAULT_MAX_SEQS,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            placement: Placement::Host,
         }
     }
 }
@@ -127,7 +130,7 @@ impl Engine {
         }
 
         let kv_blocks = kv_blocks(&mut source, &cfg)?;
-        let options = LoadOptions { kv_blocks, ..LoadOptions::default() };
+        let options = LoadOptions { kv_blocks, placement: cfg.placement.clone(), ..LoadOptions::default() };
         let (model, path) = match &mut source {
             Opened::Gguf(gguf) => (Model::load_with(gguf, cfg.ctx_size, &options)?, cfg.model.clone()),
             Opened::Hf { files, config, weights, .. } => {
@@ -157,10 +160,11 @@ impl Engine {
             max_seqs: cfg.max_seqs,
             max_batch_tokens: cfg.max_batch_tokens,
         };
-        let kv_mb = model.kv_blocks() * kv_bytes_per_block(model.config()) / MIB;
+        let kv_mb = model.kv_blocks() * kv_bytes_per_block(model.config(), model.placement()) / MIB;
+        let placement = model.placement().describe();
         let scheduler = Scheduler::spawn(model, tokenizer.clone(), Some(pool), limits)?;
         tracing::info!(
-            model = %info.name, arch = %info.arch, ctx_size = info.ctx_size, threads = effective,
+            model = %info.name, arch = %info.arch, ctx_size = info.ctx_size, threads = effective, placement,
             kv_cache_mb = kv_mb, kv_tokens = limits.kv_blocks * KV_BLOCK_SIZE, max_seqs = cfg.max_seqs,
             "engine ready"
         );
@@ -228,7 +232,7 @@ fn kv_blocks(source: &mut Opened, cfg: &EngineConfig) -> Result<Option<usize>, E
     let Some(mb) = cfg.kv_cache_mb else {
         return Ok(Some(2 * need));
     };
-    let per_block = kv_bytes_per_block(config);
+    let per_block = kv_bytes_per_block(config, &cfg.placement);
     let blocks = mb.saturating_mul(MIB) / per_block;
     if blocks < need {
         return Err(EngineError::Load(format!(
@@ -352,6 +356,15 @@ const DEFAULT_SPIN_LIMIT: u32 = 200;
 impl LanguageModel for Model {
     fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
         Model::forward_batch(self, seqs)
+    }
+
+    /// On a device placement greedy steps copy back token ids, not `[seqs, vocab]` logits.
+    fn samples_on_device(&self) -> bool {
+        matches!(self.placement(), Placement::Device { .. })
+    }
+
+    fn forward_batch_greedy(&mut self, seqs: &[SeqInput]) -> Result<Vec<u32>, EngineError> {
+        Model::forward_batch_greedy(self, seqs)
     }
 }
 

@@ -12,6 +12,8 @@ pub(crate) mod kv;
 pub mod gguf;
 pub mod hf;
 pub(crate) mod kernels;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod model;
 mod sampler;
 mod stop;

@@ -52,6 +52,17 @@ impl Sampler {
         }
     }
 
+    /// Whether [`Sampler::sample`] reduces to the argmax of the model's logits (greedy, no
+    /// logit_bias, no penalties): then a device may choose the token itself.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature <= 0.0
+            && p.logit_bias.is_empty()
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.repetition_penalty == 1.0
+    }
+
     /// Picks the next token from logits that already went through [`Sampler::apply_bias`].
     /// `prompt` and `generated` are the request's tokens so far (for the penalties).
     /// Modifies `logits`.

@@ -127,6 +127,12 @@ impl Seq {
         self.send(GenEvent::Done { finish_reason: FinishReason::Length, usage, timings: self.timings })
     }
 
+    /// Whether the next token needs the full logits on the host; if not (plain greedy, no
+    /// logprobs), a device's own argmax ([`Seq::on_token`]) gives the same token.
+    pub(crate) fn needs_logits(&self) -> bool {
+        !self.job.sampler.is_plain_greedy() || self.job.req.logprobs.is_some()
+    }
+
     /// Takes the logits of the last token: samples the next one and sends what it adds.
     /// Ok(Some(reason)) when the request is complete (Done has been sent).
     pub(crate) fn on_logits<T: TokenText + ?Sized>(
@@ -135,16 +141,47 @@ impl Seq {
         text: &T,
         ctx_size: usize,
     ) -> Result<Option<FinishReason>, Abort> {
-        let now = Instant::now();
-        if self.decoding.is_none() {
-            self.timings.prompt_ms = ms(self.started.unwrap_or(now), now);
-            self.decoding = Some(now);
-        }
+        let now = self.start_decoding();
         let job = &mut self.job;
         job.sampler.apply_bias(&mut logits);
         let logprobs = job.req.logprobs.map(|n| (log_softmax(&logits), n));
         let (prompt, generated) = self.tokens.split_at(self.n_prompt);
         let token = job.sampler.sample(&mut logits, prompt, generated)?;
+        self.accept(token, logprobs, now, text, ctx_size)
+    }
+
+    /// [`Seq::on_logits`] for a sequence that doesn't [`Seq::needs_logits`]: the token the
+    /// device chose (the argmax of the logits).
+    pub(crate) fn on_token<T: TokenText + ?Sized>(
+        &mut self,
+        token: u32,
+        text: &T,
+        ctx_size: usize,
+    ) -> Result<Option<FinishReason>, Abort> {
+        let now = self.start_decoding();
+        self.accept(token, None, now, text, ctx_size)
+    }
+
+    /// Notes the end of the prompt at the first token; returns now.
+    fn start_decoding(&mut self) -> Instant {
+        let now = Instant::now();
+        if self.decoding.is_none() {
+            self.timings.prompt_ms = ms(self.started.unwrap_or(now), now);
+            self.decoding = Some(now);
+        }
+        now
+    }
+
+    /// Appends the chosen token and sends what it adds (text, logprobs from `logprobs` =
+    /// the log-softmax and how many alternatives), or Done.
+    fn accept<T: TokenText + ?Sized>(
+        &mut self,
+        token: u32,
+        logprobs: Option<(Vec<f32>, usize)>,
+        now: Instant,
+        text: &T,
+        ctx_size: usize,
+    ) -> Result<Option<FinishReason>, Abort> {
         self.tokens.push(token);
         self.timings.predicted_n = self.generated();
         let decoding = self.decoding.unwrap_or(now);

@@ -31,6 +31,25 @@ pub(crate) trait LanguageModel: Send + 'static {
     /// Runs a packed batch (see `Model::forward_batch`); returns the last-token logits of each
     /// sequence that asks for them, in order.
     fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError>;
+
+    /// Whether [`LanguageModel::forward_batch_greedy`] saves work (a device picks the tokens and
+    /// copies back only their ids); the worker then uses it for steps where no sequence
+    /// [needs its logits](crate::sequence::Seq::needs_logits).
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+
+    /// [`LanguageModel::forward_batch`], returning the argmax token of each sequence instead.
+    fn forward_batch_greedy(&mut self, seqs: &[SeqInput]) -> Result<Vec<u32>, EngineError> {
+        Ok(self.forward_batch(seqs)?.iter().map(|l| crate::sampler::argmax(l)).collect())
+    }
+}
+
+/// What one step gives each sequence that asked: logits to sample from, or the token the
+/// device already chose.
+enum StepOutputs {
+    Logits(std::vec::IntoIter<Vec<f32>>),
+    Tokens(std::vec::IntoIter<u32>),
 }
 
 /// What the worker needs from a tokenizer.
@@ -266,12 +285,20 @@ impl<M: LanguageModel, T: TokenText> Worker<M, T> {
             })
             .collect();
         let model = &mut self.model;
+        let on_device = model.samples_on_device()
+            && plan.iter().zip(&inputs).all(|(p, i)| !i.logits || !running[p.index].needs_logits());
+        let run = |model: &mut M| -> Result<StepOutputs, EngineError> {
+            Ok(match on_device {
+                true => StepOutputs::Tokens(model.forward_batch_greedy(&inputs)?.into_iter()),
+                false => StepOutputs::Logits(model.forward_batch(&inputs)?.into_iter()),
+            })
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| match &self.pool {
-            Some(pool) => pool.install(|| model.forward_batch(&inputs)),
-            None => model.forward_batch(&inputs),
+            Some(pool) => pool.install(|| run(model)),
+            None => run(model),
         }));
         let result = match outcome {
-            Ok(Ok(logits)) => Ok(logits),
+            Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(e),
             Err(panic) => {
                 let msg = panic
@@ -282,8 +309,8 @@ impl<M: LanguageModel, T: TokenText> Worker<M, T> {
                 Err(EngineError::Internal(format!("the generation worker panicked: {msg}")))
             }
         };
-        let mut logits = match result {
-            Ok(l) => l.into_iter(),
+        let mut outputs = match result {
+            Ok(out) => out,
             Err(e) => {
                 // Every sequence of the failed step ends with the error (its keys/values are
                 // unknown); sequences not in the step are untouched.
@@ -304,12 +331,16 @@ impl<M: LanguageModel, T: TokenText> Worker<M, T> {
             if seq.computed < seq.tokens.len() {
                 continue; // a prefill chunk: no logits yet
             }
-            let Some(l) = logits.next() else {
+            let outcome = match &mut outputs {
+                StepOutputs::Logits(l) => l.next().map(|l| seq.on_logits(l, &*self.text, self.limits.ctx_size)),
+                StepOutputs::Tokens(t) => t.next().map(|t| seq.on_token(t, &*self.text, self.limits.ctx_size)),
+            };
+            let Some(outcome) = outcome else {
                 seq.fail(EngineError::Internal("the model returned too few logits".into()));
                 finished.push(p.index);
                 continue;
             };
-            match seq.on_logits(l, &*self.text, self.limits.ctx_size) {
+            match outcome {
                 Ok(None) => {}
                 Ok(Some(_)) | Err(Abort::Cancelled) => finished.push(p.index),
                 Err(Abort::Failed(e)) => {

@@ -45,6 +45,8 @@ struct Log {
     calls: Vec<(usize, usize)>,
     /// The same, step by step.
     steps: Vec<Vec<(usize, usize)>>,
+    /// Steps run through `forward_batch_greedy`.
+    greedy_steps: usize,
 }
 
 /// A model with a "KV cache" of token ids, paged like the real one: it writes each token at
@@ -60,6 +62,8 @@ struct FakeModel {
     fail_on: Option<u32>,
     /// Forward panics when asked to process this token.
     panic_on: Option<u32>,
+    /// Claims to sample on a device (`forward_batch_greedy`).
+    on_device: bool,
 }
 
 impl FakeModel {
@@ -112,6 +116,16 @@ impl LanguageModel for FakeModel {
         }
         Ok(out)
     }
+
+    fn samples_on_device(&self) -> bool {
+        self.on_device
+    }
+
+    fn forward_batch_greedy(&mut self, seqs: &[SeqInput]) -> Result<Vec<u32>, EngineError> {
+        let logits = self.forward_batch(seqs)?;
+        self.log.lock().unwrap().greedy_steps += 1;
+        Ok(logits.iter().map(|l| crate::sampler::argmax(l)).collect())
+    }
 }
 
 struct Setup {
@@ -126,6 +140,7 @@ struct Setup {
     kv_blocks: Option<usize>,
     max_seqs: usize,
     max_batch_tokens: usize,
+    on_device: bool,
 }
 
 impl Default for Setup {
@@ -141,6 +156,7 @@ impl Default for Setup {
             kv_blocks: None,
             max_seqs: 4,
             max_batch_tokens: 64,
+            on_device: false,
         }
     }
 }
@@ -156,6 +172,7 @@ fn start(s: Setup) -> (Scheduler, Arc<Mutex<Log>>) {
         log: log.clone(),
         fail_on: s.fail_on,
         panic_on: s.panic_on,
+        on_device: s.on_device,
     };
     let limits = Limits {
         vocab_size: VOCAB.len(),
@@ -478,3 +495,27 @@ fn dropping_the_scheduler_answers_waiting_requests_with_unavailable() {
 
 #[path = "worker_batch_tests.rs"]
 mod batching;
+
+#[test]
+fn a_device_picks_greedy_tokens_unless_a_request_needs_the_logits() {
+    let (host, _) = start(Setup::default());
+    let (dev, log) = start(Setup { on_device: true, ..Setup::default() });
+    let plain = run(&host, req(&[3, 1, 2], 6));
+    let on_device = run(&dev, req(&[3, 1, 2], 6));
+    assert_eq!(on_device.text(), plain.text());
+    assert_eq!(on_device.usage, plain.usage);
+    let steps = log.lock().unwrap().greedy_steps;
+    assert_eq!(steps, 6, "every token of a plain greedy request chosen on the device");
+
+    // Logprobs, a logit_bias or sampling need the logits on the host.
+    let mut with_logprobs = req(&[3, 1, 2], 6);
+    with_logprobs.logprobs = Some(1);
+    let lp = run(&dev, with_logprobs);
+    assert_eq!(lp.text(), plain.text());
+    assert_eq!(lp.logprobs.len(), 6);
+    let mut biased = req(&[3, 1, 2], 3);
+    biased.sampling.logit_bias.insert(1, -100.0);
+    let b = run(&dev, biased);
+    assert!(!b.text().contains('a'), "{:?}", b.text());
+    assert_eq!(log.lock().unwrap().greedy_steps, steps, "no device sampling for them");
+}

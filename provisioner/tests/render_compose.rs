@@ -75,7 +75,7 @@ fn check_resolved(api: &Value, cfg: &DeployConfig, who: &str) {
     let port = cfg.port.to_string();
     assert_eq!(
         api["command"],
-        json!(["--model", cfg.model, "--host", "0.0.0.0", "--port", port]),
+        json!(["--model", format!("hf:{}", cfg.model), "--host", "0.0.0.0", "--port", port]),
         "{who}"
     );
     let health = api["healthcheck"]["test"].to_string();
@@ -151,7 +151,9 @@ fn compose_rejects_a_broken_file() {
 fn env_and_unit_follow_the_config() {
     let cfg = default_config();
     let env = render_env(&cfg).unwrap();
-    assert!(env.contains("\nAI_SANDBOX_MODEL=mistralai/Mistral-7B-Instruct-v0.3\n"));
+    assert!(env.contains("\nAI_SANDBOX_MODEL=hf:mistralai/Mistral-7B-Instruct-v0.3\n"));
+    assert!(env.contains("\nAI_SANDBOX_SERVED_MODEL_NAME=mistralai/Mistral-7B-Instruct-v0.3\n"));
+    assert!(env.contains("\nAI_SANDBOX_DEVICE=cuda\n"), "the instance runs the GPU path");
     assert!(!env.contains("HF_TOKEN_PATH"));
     assert!(
         !env.contains('"'),

@@ -99,6 +99,11 @@ impl<F: Format> QuantMatrix<F> {
         self.rows
     }
 
+    /// Bytes of the stored weights.
+    pub(crate) fn bytes(&self) -> usize {
+        self.tensor.storage_size_in_bytes()
+    }
+
     /// Input features.
     pub(crate) fn cols(&self) -> usize {
         self.cols

@@ -7,13 +7,25 @@
 //! weight block read once per batch), attention (`attention.rs`) keeps each row to its own
 //! sequence. Query head `h` uses KV head `h / (heads / kv_heads)`, as llama.cpp and HF's
 //! `repeat_kv` do.
+//!
+//! The same code runs both placements; only the KV storage and attention differ
+//! ([`Kv::Host`]: `attention.rs` over f32 rows on the CPU; [`Kv::Device`]: `device_attention.rs`,
+//! RoPE by candle's kernels on the device).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::attention::{self, Geometry, LayerKv, Span};
-use super::config::ModelConfig;
+use super::config::{ModelConfig, RopeStyle};
+use super::device_attention::{DeviceBatch, DeviceKv};
+use super::placement::Placement;
 use super::weights::{Linear, WeightSource};
 use crate::EngineError;
+
+/// One layer's KV storage, by placement.
+pub(crate) enum Kv {
+    Host(LayerKv),
+    Device(DeviceKv),
+}
 
 /// The weights and KV cache of one block.
 pub(crate) struct Layer {
@@ -29,7 +41,7 @@ pub(crate) struct Layer {
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
-    kv: LayerKv,
+    kv: Kv,
 }
 
 /// Per-forward inputs shared by every layer: the batch's sequences, each row's position, and
@@ -40,6 +52,16 @@ pub(crate) struct Step<'a> {
     pub geometry: Geometry,
     pub cos: &'a [f32],
     pub sin: &'a [f32],
+    /// With a device placement: the batch's metadata and each row's cos/sin, `[rows, 1,
+    /// head_dim/2]` in the model's dtype.
+    pub device: Option<DeviceStep>,
+}
+
+/// The per-forward device inputs of [`Step`].
+pub(crate) struct DeviceStep {
+    pub batch: DeviceBatch,
+    pub cos: Tensor,
+    pub sin: Tensor,
 }
 
 impl Layer {
@@ -51,21 +73,21 @@ impl Layer {
         i: usize,
         geometry: &Geometry,
         n_blocks: usize,
-        device: &Device,
+        at: &Placement,
     ) -> Result<Layer, EngineError> {
         let p = |s: &str| format!("blk.{i}.{s}");
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let q_out = cfg.n_heads * hd;
         let kv_out = cfg.n_kv_heads * hd;
         // In the order the tensors were always read (the first bad one is the error reported).
-        let attn_norm = src.vector(&p("attn_norm.weight"), h, device)?;
-        let wq = src.matrix(&p("attn_q.weight"), q_out, h, device)?;
-        let wk = src.matrix(&p("attn_k.weight"), kv_out, h, device)?;
-        let wv = src.matrix(&p("attn_v.weight"), kv_out, h, device)?;
+        let attn_norm = src.vector(&p("attn_norm.weight"), h, at)?;
+        let wq = src.matrix(&p("attn_q.weight"), q_out, h, at)?;
+        let wk = src.matrix(&p("attn_k.weight"), kv_out, h, at)?;
+        let wv = src.matrix(&p("attn_v.weight"), kv_out, h, at)?;
         // Optional: qwen2 has q/k/v biases, llama and mistral don't.
         let mut bias = |name: String, n: usize| -> Result<Option<Tensor>, EngineError> {
             match src.has(&name) {
-                true => src.vector(&name, n, device).map(Some),
+                true => src.vector(&name, n, at).map(Some),
                 false => Ok(None),
             }
         };
@@ -80,12 +102,18 @@ impl Layer {
             bq,
             bk,
             bv,
-            wo: src.matrix(&p("attn_output.weight"), h, q_out, device)?,
-            ffn_norm: src.vector(&p("ffn_norm.weight"), h, device)?,
-            w_gate: src.matrix(&p("ffn_gate.weight"), cfg.ffn_size, h, device)?,
-            w_up: src.matrix(&p("ffn_up.weight"), cfg.ffn_size, h, device)?,
-            w_down: src.matrix(&p("ffn_down.weight"), h, cfg.ffn_size, device)?,
-            kv: LayerKv::new(geometry, n_blocks),
+            wo: src.matrix(&p("attn_output.weight"), h, q_out, at)?,
+            ffn_norm: src.vector(&p("ffn_norm.weight"), h, at)?,
+            w_gate: src.matrix(&p("ffn_gate.weight"), cfg.ffn_size, h, at)?,
+            w_up: src.matrix(&p("ffn_up.weight"), cfg.ffn_size, h, at)?,
+            w_down: src.matrix(&p("ffn_down.weight"), h, cfg.ffn_size, at)?,
+            kv: match at {
+                Placement::Host => Kv::Host(LayerKv::new(geometry, n_blocks)),
+                Placement::Device { device, dtype } => Kv::Device(
+                    DeviceKv::new(geometry, n_blocks, *dtype, device)
+                        .map_err(|e| EngineError::Load(format!("KV cache of {n_blocks} blocks: {e}")))?,
+                ),
+            },
         })
     }
 
@@ -110,21 +138,49 @@ impl Layer {
     fn attention(&mut self, cfg: &ModelConfig, h: &Tensor, s: &Step) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let rows = s.positions.len();
-        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Vec<f32>> {
+        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
             let y = w.forward(h)?;
-            let y = match b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            };
-            y.flatten_all()?.to_vec1::<f32>()
+            match b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
         };
-        let mut q = proj(&self.wq, &self.bq)?;
-        let mut k = proj(&self.wk, &self.bk)?;
-        let v = proj(&self.wv, &self.bv)?;
-        attention::rope(&mut q, nh, hd, s.positions, s.cos, s.sin, cfg.rope_style);
-        attention::rope(&mut k, nkv, hd, s.positions, s.cos, s.sin, cfg.rope_style);
-        self.kv.write(&s.geometry, s.spans, &k, &v);
-        let out = attention::attend(&self.kv, &s.geometry, s.spans, &q);
-        Tensor::from_vec(out, (rows, nh * hd), h.device())
+        let (q, k, v) = (proj(&self.wq, &self.bq)?, proj(&self.wk, &self.bk)?, proj(&self.wv, &self.bv)?);
+        match (&mut self.kv, &s.device) {
+            (Kv::Host(kv), _) => {
+                let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+                let (mut q, mut k, v) = (flat(q)?, flat(k)?, flat(v)?);
+                attention::rope(&mut q, nh, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+                attention::rope(&mut k, nkv, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+                kv.write(&s.geometry, s.spans, &k, &v);
+                let out = attention::attend(kv, &s.geometry, s.spans, &q);
+                Tensor::from_vec(out, (rows, nh * hd), h.device())
+            }
+            (Kv::Device(kv), Some(d)) => {
+                // Each row its own "batch" of one position: [rows, heads, 1, hd] against
+                // cos/sin [rows, 1, hd/2], so every row rotates at its own position.
+                let rope = |x: Tensor, heads: usize| -> candle_core::Result<Tensor> {
+                    let x = x.reshape((rows, heads, 1, hd))?;
+                    let y = match cfg.rope_style {
+                        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &d.cos, &d.sin)?,
+                        RopeStyle::Neox => candle_nn::rotary_emb::rope(&x, &d.cos, &d.sin)?,
+                    };
+                    y.reshape((rows, heads, hd))
+                };
+                let q = rope(q, nh)?;
+                let k = rope(k, nkv)?;
+                kv.write(&d.batch, &k, &v.reshape((rows, nkv, hd))?)?;
+                kv.attend(&s.geometry, &d.batch, &q)?.reshape((rows, nh * hd))
+            }
+            (Kv::Device(_), None) => candle_core::bail!("device KV cache without the batch's device inputs"),
+        }
+    }
+
+    /// Bytes of the layer's weights as stored.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        let v = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mats = [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down];
+        let biases = [&self.bq, &self.bk, &self.bv].into_iter().flatten().map(v).sum::<usize>();
+        mats.iter().map(|m| m.bytes()).sum::<usize>() + v(&self.attn_norm) + v(&self.ffn_norm) + biases
     }
 }

@@ -30,19 +30,23 @@
 //! threads fell to 2-5 tok/s with the default and ran at 12 tok/s with a limit of 200.
 
 mod attention;
+pub mod checks;
 mod config;
+mod device_attention;
 mod layer;
+mod placement;
+mod presets;
 mod rope;
 mod weights;
 
-use std::sync::Arc;
-
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use attention::{Geometry, Span};
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
-use layer::{Layer, Step};
-use weights::{Linear, WeightSource};
+use device_attention::DeviceBatch;
+use layer::{DeviceStep, Layer, Step};
+pub use placement::Placement;
+use weights::{Embeddings, Linear, WeightSource};
 
 use crate::gguf::GgufFile;
 use crate::hf::SafetensorsWeights;
@@ -66,6 +70,8 @@ pub struct LoadOptions {
     /// KV blocks of [`KV_BLOCK_SIZE`] positions to allocate (None: one full context). Fewer
     /// than one full context is an error.
     pub kv_blocks: Option<usize>,
+    /// Host kernels (default) or a candle device and dtype.
+    pub placement: Placement,
 }
 
 /// One sequence's part of a [`Model::forward_batch`]: `tokens` at positions
@@ -90,28 +96,33 @@ fn geometry(cfg: &ModelConfig) -> Geometry {
     }
 }
 
-/// Bytes of KV cache one block takes for a model of this shape.
-pub fn kv_bytes_per_block(cfg: &ModelConfig) -> usize {
-    2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BLOCK_SIZE * std::mem::size_of::<f32>()
+/// Bytes of KV cache one block takes for a model of this shape at this placement.
+pub fn kv_bytes_per_block(cfg: &ModelConfig, placement: &Placement) -> usize {
+    2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BLOCK_SIZE * placement.kv_elem_bytes()
 }
 
 /// A loaded model with its KV storage.
 pub struct Model {
     config: ModelConfig,
+    placement: Placement,
     device: Device,
     ctx_size: usize,
     n_blocks: usize,
     /// For [`Model::forward`]: positions `0..n_filled` of the identity block table are valid.
     n_filled: usize,
     identity: Vec<u32>,
-    /// `token_embd.weight`, `[vocab, hidden]`, kept in its stored type.
-    embeddings: Arc<candle_core::quantized::QTensor>,
+    /// `token_embd.weight`, `[vocab, hidden]`, kept in its stored type (host) or dense.
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Tensor,
     /// `output.weight`, or the embedding table when the model ties them.
     output: Linear,
+    /// Whether `output` is the embedding table.
+    tied_output: bool,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// The RoPE tables `[ctx, head_dim/2]` f32 on the device (device placement only).
+    device_rope: Option<(Tensor, Tensor)>,
 }
 
 impl Model {
@@ -168,7 +179,29 @@ impl Model {
         )
     }
 
-    /// The load path shared by both sources; `context_key` names where `context_length` came
+    /// A model of `config`'s shape with random weights (normal, std 0.02; norms 1), created on
+    /// the placement's device: benchmarks of a real shape where nothing can be downloaded.
+    /// Different placements draw different values (the device's own generator; `seed` seeds
+    /// a GPU's, the CPU's can't be seeded).
+    pub fn random(
+        config: ModelConfig,
+        ctx_size: Option<usize>,
+        seed: u64,
+        options: &LoadOptions,
+    ) -> Result<Model, EngineError> {
+        let device = match &options.placement {
+            Placement::Host => Device::Cpu,
+            Placement::Device { device, .. } => device.clone(),
+        };
+        // candle's CPU generator can't be seeded: CPU draws differ from run to run.
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        let src = WeightSource::Random { qwen2: config.arch == "qwen2" };
+        Self::build(src, config, "the preset's context length", ctx_size, options)
+    }
+
+    /// The load path shared by every source; `context_key` names where `context_length` came
     /// from (for the --ctx-size message).
     fn build(
         mut src: WeightSource,
@@ -177,7 +210,11 @@ impl Model {
         ctx_size: Option<usize>,
         options: &LoadOptions,
     ) -> Result<Model, EngineError> {
-        let device = Device::Cpu;
+        let at = &options.placement;
+        let device = match at {
+            Placement::Host => Device::Cpu,
+            Placement::Device { device, .. } => device.clone(),
+        };
         let ctx_size = match ctx_size {
             None => config.context_length,
             Some(0) => return Err(EngineError::Load("--ctx-size must be at least 1".into())),
@@ -200,27 +237,36 @@ impl Model {
         }
         let geometry = geometry(&config);
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embeddings = Arc::new(src.embeddings("token_embd.weight", vocab, hidden, &device)?);
-        let output = if src.has("output.weight") {
-            src.matrix("output.weight", vocab, hidden, &device)?
+        if matches!(at, Placement::Device { .. }) && config.rope_dim != config.head_dim {
+            return Err(EngineError::Unsupported("partial rotary embeddings on a device placement".into()));
+        }
+        let embeddings = src.embeddings("token_embd.weight", vocab, hidden, at)?;
+        let tied_output = !src.has("output.weight");
+        let output = if !tied_output {
+            src.matrix("output.weight", vocab, hidden, at)?
         } else {
-            src.tied_output(embeddings.clone()).map_err(|e| {
+            src.tied_output(&embeddings).map_err(|e| {
                 EngineError::Load(format!("tied output from token_embd.weight: {e}"))
             })?
         };
-        let output_norm = src.vector("output_norm.weight", hidden, &device)?;
+        let output_norm = src.vector("output_norm.weight", hidden, at)?;
         let freq_factors = if src.has("rope_freqs.weight") {
-            let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &device)?;
+            let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &Placement::Host)?;
             Some(t.to_vec1::<f32>()?)
         } else {
             None
         };
-        let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &device)?;
+        let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &Device::Cpu)?;
+        let device_rope = match at {
+            Placement::Host => None,
+            Placement::Device { device, .. } => Some((tables.cos.to_device(device)?, tables.sin.to_device(device)?)),
+        };
         let layers = (0..config.n_layers)
-            .map(|i| Layer::load(&mut src, &config, i, &geometry, n_blocks, &device))
+            .map(|i| Layer::load(&mut src, &config, i, &geometry, n_blocks, at))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             config,
+            placement: options.placement.clone(),
             device,
             ctx_size,
             n_blocks,
@@ -230,8 +276,10 @@ impl Model {
             layers,
             output_norm,
             output,
+            tied_output,
             rope_cos: tables.cos.flatten_all()?.to_vec1::<f32>()?,
             rope_sin: tables.sin.flatten_all()?.to_vec1::<f32>()?,
+            device_rope,
         })
     }
 
@@ -298,6 +346,25 @@ impl Model {
     /// for them, in order. Err (not panic) for an empty sequence, positions past ctx_size, a
     /// block table too short or naming a block that doesn't exist, or a token id >= vocab.
     pub fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
+        match self.run(seqs)? {
+            Some(logits) => Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`Model::forward_batch`] with greedy sampling where the logits are: the argmax token of
+    /// each sequence that asks for logits, chosen on the device, so that only the ids are
+    /// copied back (ties: the lowest id on the host; the device's argmax on a device).
+    pub fn forward_batch_greedy(&mut self, seqs: &[SeqInput]) -> Result<Vec<u32>, EngineError> {
+        match self.run(seqs)? {
+            Some(logits) => Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The forward of [`Model::forward_batch`]; the logits `[asking seqs, vocab]` stay where
+    /// they were computed, in the model's dtype.
+    fn run(&mut self, seqs: &[SeqInput]) -> Result<Option<Tensor>, EngineError> {
         let mut spans = Vec::with_capacity(seqs.len());
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -310,13 +377,30 @@ impl Model {
         if ids.is_empty() {
             return Err(EngineError::invalid("no tokens to run", None));
         }
-        let mut x = self.embeddings.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?;
+        let n_ids = ids.len();
+        let mut x = self.embeddings.lookup(&Tensor::from_vec(ids, n_ids, &self.device)?)?;
+        let geometry = self.geometry();
+        let device = match &self.device_rope {
+            None => None,
+            Some((cos, sin)) => {
+                let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                let idx = Tensor::from_vec(idx, n_ids, &self.device)?;
+                let half = self.config.head_dim / 2;
+                let gather = |t: &Tensor| t.index_select(&idx, 0)?.to_dtype(x.dtype())?.reshape((n_ids, 1, half));
+                Some(DeviceStep {
+                    batch: DeviceBatch::new(&geometry, &spans, &self.device)?,
+                    cos: gather(cos)?,
+                    sin: gather(sin)?,
+                })
+            }
+        };
         let step = Step {
             spans: &spans,
             positions: &positions,
-            geometry: self.geometry(),
+            geometry,
             cos: &self.rope_cos,
             sin: &self.rope_sin,
+            device,
         };
         for layer in &mut self.layers {
             x = layer.forward(&self.config, &x, &step)?;
@@ -328,12 +412,39 @@ impl Model {
             .map(|(sp, _)| (sp.row + sp.len - 1) as u32)
             .collect();
         if last_rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let n = last_rows.len();
         let last = x.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
-        Ok(self.output.forward(&last)?.to_vec2::<f32>()?)
+        Ok(Some(self.output.forward(&last)?))
+    }
+
+    /// Waits until the device has finished the work queued so far (timing; a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<(), EngineError> {
+        Ok(self.device.synchronize()?)
+    }
+
+    /// The device the model lives on (`Device::Cpu` for the host placement).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Where the model lives.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Bytes of all weights as stored: what one decode step reads (the tied output counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let output = if self.tied_output { 0 } else { self.output.bytes() };
+        let v = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.embeddings.bytes() + output + v(&self.output_norm) + self.layers.iter().map(Layer::weight_bytes).sum::<usize>()
+    }
+
+    /// KV-cache bytes of one position, all layers, keys and values.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        kv_bytes_per_block(&self.config, &self.placement) / KV_BLOCK_SIZE
     }
 
     fn check(&self, s: &SeqInput) -> Result<(), EngineError> {

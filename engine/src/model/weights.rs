@@ -1,7 +1,8 @@
 //! Loading individual weight tensors with their expected shapes, from a GGUF (a check that
-//! their storage type is one we run) or from Hugging Face safetensors (widened to f32), behind
-//! one [`WeightSource`] the model loader asks by GGUF tensor name; and [`Linear`], the weight
-//! matrix as the forward pass multiplies by it.
+//! their storage type is one we run), from Hugging Face safetensors (widened to f32 on the host,
+//! or in the model's dtype on a device) or random (benchmarks of a real shape with no download),
+//! behind one [`WeightSource`] the model loader asks by GGUF tensor name; [`Linear`], the weight
+//! matrix as the forward pass multiplies by it; [`Embeddings`], the token table.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::hf::SafetensorsWeights;
 use crate::kernels::{
     F32Matrix, Format, Q4_0Matrix, Q4_1Matrix, Q6KMatrix, Q8_0Matrix, QuantMatrix,
 };
+use super::placement::Placement;
 use crate::EngineError;
 
 /// A weight matrix for `x @ W^T`: Q4_1, Q8_0, Q4_0 and Q6_K run on our SIMD kernels (candle's
@@ -22,6 +24,9 @@ use crate::EngineError;
 /// Dense f32 matrices from safetensors run on our f32 kernel ([`Linear::dense`]): candle's f32
 /// gemm does not promise a row the same bits alone and in a batch.
 pub(crate) enum Linear {
+    /// A dense matrix `[out, in]` on the model's device in its dtype (`Placement::Device`):
+    /// candle's matmul (cuBLAS on CUDA).
+    Device(Tensor),
     Candle(QMatMul),
     Q4_1(Q4_1Matrix),
     Q8_0(Q8_0Matrix),
@@ -79,6 +84,7 @@ impl Linear {
     /// `x[.., in] @ W^T -> [.., out]`, f32.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Linear::Device(w) => x.matmul(&w.t()?),
             Linear::Candle(m) => m.forward(x),
             Linear::Q4_1(m) => ours(m, x),
             Linear::Q8_0(m) => ours(m, x),
@@ -203,14 +209,71 @@ pub(crate) fn vector(
 }
 
 /// Where the model loader reads its weights, by GGUF tensor name: a GGUF file (weights as
-/// stored, optionally requantized; see [`matrix`]) or safetensors (every tensor widened to f32;
-/// matrices on our dense kernel, the embedding table an F32 `QTensor` whose lookup is a row copy).
+/// stored, optionally requantized; see [`matrix`]), safetensors, or random values of the right
+/// shapes. With [`Placement::Host`] the tensors go to our CPU kernels (safetensors and random
+/// widened to f32); with [`Placement::Device`] every tensor becomes a dense tensor on the device
+/// in the placement's dtype (GGUF quantized types dequantized).
 pub(crate) enum WeightSource<'a> {
     Gguf {
         file: &'a mut GgufFile,
         requantize: bool,
     },
     Safetensors(&'a SafetensorsWeights),
+    /// Normal(0, 0.02) matrices and embeddings, norm weights of 1; `output.weight` present
+    /// (untied), q/k/v biases (zero) when `qwen2`. Created on the target device (candle's
+    /// generator: curand on CUDA), so a 7B shape takes seconds.
+    Random { qwen2: bool },
+}
+
+/// The token embedding table: looked up a row at a time.
+pub(crate) enum Embeddings {
+    /// As stored (host placement): GGUF types dequantized per row looked up.
+    Table(Arc<QTensor>),
+    /// `[vocab, hidden]` on the device in the model's dtype.
+    Dense(Tensor),
+}
+
+impl Embeddings {
+    /// Rows `ids` as `[ids, hidden]` (f32 on the host, the dtype on a device).
+    pub(crate) fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Embeddings::Table(t) => t.embedding(ids),
+            Embeddings::Dense(t) => t.index_select(ids, 0),
+        }
+    }
+
+    /// Bytes of the table as stored.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Embeddings::Table(t) => t.storage_size_in_bytes(),
+            Embeddings::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+}
+
+impl Linear {
+    /// Bytes of the matrix as stored (what one pass over it reads).
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Linear::Device(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Linear::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+            Linear::Q4_1(m) => m.bytes(),
+            Linear::Q8_0(m) => m.bytes(),
+            Linear::Q4_0(m) => m.bytes(),
+            Linear::Q6K(m) => m.bytes(),
+            Linear::F32(m) => m.bytes(),
+        }
+    }
+}
+
+/// Standard deviation of random weights (transformers' `initializer_range` default).
+const RANDOM_STD: f64 = 0.02;
+
+fn random(shape: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::randn(0f32, RANDOM_STD as f32, shape, device)?.to_dtype(dtype)
 }
 
 impl WeightSource<'_> {
@@ -219,74 +282,89 @@ impl WeightSource<'_> {
         match self {
             WeightSource::Gguf { file, .. } => file.has_tensor(name),
             WeightSource::Safetensors(w) => w.has(name),
+            WeightSource::Random { qwen2 } => {
+                name == "output.weight"
+                    || (*qwen2 && [".attn_q.bias", ".attn_k.bias", ".attn_v.bias"].iter().any(|b| name.ends_with(b)))
+            }
         }
     }
 
     /// A `[rows, cols]` weight matrix for `x @ W^T`.
-    pub(crate) fn matrix(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        device: &Device,
-    ) -> Result<Linear, EngineError> {
+    pub(crate) fn matrix(&mut self, name: &str, rows: usize, cols: usize, at: &Placement) -> Result<Linear, EngineError> {
+        let wrap = |e: candle_core::Error| EngineError::Load(format!("tensor `{name}`: {e}"));
+        if let Placement::Device { device, dtype } = at {
+            let t = match self {
+                WeightSource::Gguf { file, .. } => qtensor(file, name, rows, cols, &Device::Cpu)?
+                    .dequantize(&Device::Cpu)
+                    .and_then(|t| t.to_dtype(*dtype))
+                    .and_then(|t| t.to_device(device))
+                    .map_err(wrap)?,
+                WeightSource::Safetensors(w) => w.tensor(name, &[rows, cols], *dtype, device)?,
+                WeightSource::Random { .. } => random(&[rows, cols], *dtype, device).map_err(wrap)?,
+            };
+            return Ok(Linear::Device(t));
+        }
         match self {
-            WeightSource::Gguf { file, requantize } => {
-                matrix(file, *requantize, name, rows, cols, device)
-            }
+            WeightSource::Gguf { file, requantize } => matrix(file, *requantize, name, rows, cols, &Device::Cpu),
             WeightSource::Safetensors(w) => {
-                let t = dense_qtensor(w, name, rows, cols)?;
-                Linear::dense(Arc::new(t))
-                    .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
+                let t = dense_qtensor(w.tensor_f32(name, &[rows, cols])?, name)?;
+                Linear::dense(Arc::new(t)).map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
+            }
+            WeightSource::Random { .. } => {
+                let t = random(&[rows, cols], DType::F32, &Device::Cpu).map_err(wrap)?;
+                Linear::dense(Arc::new(dense_qtensor(t, name)?))
             }
         }
     }
 
-    /// A 1-D tensor of length `n`, as f32.
-    pub(crate) fn vector(
-        &mut self,
-        name: &str,
-        n: usize,
-        device: &Device,
-    ) -> Result<Tensor, EngineError> {
+    /// A 1-D tensor of length `n` (f32 on the host, the placement's dtype on a device).
+    pub(crate) fn vector(&mut self, name: &str, n: usize, at: &Placement) -> Result<Tensor, EngineError> {
+        let (device, dtype) = match at {
+            Placement::Host => (Device::Cpu, DType::F32),
+            Placement::Device { device, dtype } => (device.clone(), *dtype),
+        };
+        let wrap = |e: candle_core::Error| EngineError::Load(format!("tensor `{name}`: {e}"));
         match self {
-            WeightSource::Gguf { file, .. } => vector(file, name, n, device),
-            WeightSource::Safetensors(w) => w.tensor(name, &[n], DType::F32, device),
+            WeightSource::Gguf { file, .. } => vector(file, name, n, &Device::Cpu)?
+                .to_dtype(dtype)
+                .and_then(|t| t.to_device(&device))
+                .map_err(wrap),
+            WeightSource::Safetensors(w) => w.tensor(name, &[n], dtype, &device),
+            // Norm weights of 1 (as initialised); biases of 0.
+            WeightSource::Random { .. } if name.ends_with(".bias") => Tensor::zeros(n, dtype, &device).map_err(wrap),
+            WeightSource::Random { .. } => Tensor::ones(n, dtype, &device).map_err(wrap),
         }
     }
 
-    /// The `[vocab, hidden]` embedding table as a `QTensor` (looked up a row at a time).
-    pub(crate) fn embeddings(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        device: &Device,
-    ) -> Result<QTensor, EngineError> {
-        match self {
-            WeightSource::Gguf { file, .. } => qtensor(file, name, rows, cols, device),
-            WeightSource::Safetensors(w) => dense_qtensor(w, name, rows, cols),
+    /// The `[vocab, hidden]` embedding table.
+    pub(crate) fn embeddings(&mut self, name: &str, rows: usize, cols: usize, at: &Placement) -> Result<Embeddings, EngineError> {
+        if let Placement::Device { .. } = at {
+            return match self.matrix(name, rows, cols, at)? {
+                Linear::Device(t) => Ok(Embeddings::Dense(t)),
+                _ => Err(EngineError::Internal("device embeddings not dense".into())),
+            };
         }
+        let wrap = |e: candle_core::Error| EngineError::Load(format!("tensor `{name}`: {e}"));
+        let table = match self {
+            WeightSource::Gguf { file, .. } => qtensor(file, name, rows, cols, &Device::Cpu)?,
+            WeightSource::Safetensors(w) => dense_qtensor(w.tensor_f32(name, &[rows, cols])?, name)?,
+            WeightSource::Random { .. } => dense_qtensor(random(&[rows, cols], DType::F32, &Device::Cpu).map_err(wrap)?, name)?,
+        };
+        Ok(Embeddings::Table(Arc::new(table)))
     }
 
     /// The output projection of a model without `output.weight`: the embedding table.
-    pub(crate) fn tied_output(&self, embeddings: Arc<QTensor>) -> Result<Linear, EngineError> {
-        match self {
-            WeightSource::Gguf { .. } => Linear::new(embeddings),
-            WeightSource::Safetensors(_) => Linear::dense(embeddings),
+    pub(crate) fn tied_output(&self, embeddings: &Embeddings) -> Result<Linear, EngineError> {
+        match (self, embeddings) {
+            (_, Embeddings::Dense(t)) => Ok(Linear::Device(t.clone())),
+            (WeightSource::Gguf { .. }, Embeddings::Table(t)) => Linear::new(t.clone()),
+            (_, Embeddings::Table(t)) => Linear::dense(t.clone()),
         }
     }
 }
 
-/// A safetensors matrix widened to f32 (exact from F32, F16 and BF16) in an F32 `QTensor` on the
-/// CPU: the storage our dense kernel reads and whose `embedding` copies rows bit for bit.
-fn dense_qtensor(
-    w: &SafetensorsWeights,
-    name: &str,
-    rows: usize,
-    cols: usize,
-) -> Result<QTensor, EngineError> {
-    let t = w.tensor_f32(name, &[rows, cols])?;
-    QTensor::quantize(&t, GgmlDType::F32)
-        .map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
+/// An f32 matrix in an F32 `QTensor` on the CPU: the storage our dense kernel reads and whose
+/// `embedding` copies rows bit for bit.
+fn dense_qtensor(t: Tensor, name: &str) -> Result<QTensor, EngineError> {
+    QTensor::quantize(&t, GgmlDType::F32).map_err(|e| EngineError::Load(format!("tensor `{name}`: {e}")))
 }
