@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ai_sandbox_engine::{DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
+use ai_sandbox_engine::{
+    DEFAULT_GPU_MAX_BATCH_TOKENS, DEFAULT_GPU_MAX_SEQS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS,
+};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -53,10 +55,11 @@ pub struct Args {
     /// [default: two full contexts].
     #[arg(long, env = "AI_SANDBOX_KV_CACHE_MB", value_name = "MIB")]
     pub kv_cache_mb: Option<usize>,
-    /// Most requests generated together in one batch [default: 32].
+    /// Most requests generated together in one batch [default: 32; 128 with --device cuda].
     #[arg(long, env = "AI_SANDBOX_MAX_SEQS", value_name = "N")]
     pub max_seqs: Option<usize>,
-    /// Most tokens in one forward pass: all decodes plus prompt chunks [default: 256].
+    /// Most tokens in one forward pass: all decodes plus prompt chunks [default: 256; 2048 with
+    /// --device cuda].
     #[arg(long, env = "AI_SANDBOX_MAX_BATCH_TOKENS", value_name = "N")]
     pub max_batch_tokens: Option<usize>,
     /// Where the model runs: cpu (our CPU kernels), cuda or cuda:N (an NVIDIA GPU; needs a
@@ -150,6 +153,11 @@ pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
 impl Config {
     /// Merge flags/env (already merged by clap, flags first) over the file over defaults.
     pub fn resolve(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let device = args.device.or(file.device).filter(|s| !s.is_empty()).unwrap_or_else(|| "cpu".into());
+        let (default_seqs, default_tokens) = match device.starts_with("cuda") {
+            true => (DEFAULT_GPU_MAX_SEQS, DEFAULT_GPU_MAX_BATCH_TOKENS),
+            false => (DEFAULT_MAX_SEQS, DEFAULT_MAX_BATCH_TOKENS),
+        };
         let cfg = Config {
             model: args.model.or(file.model).ok_or(ConfigError::NoModel)?,
             host: args
@@ -168,12 +176,12 @@ impl Config {
                 .or(file.max_queue)
                 .unwrap_or(DEFAULT_MAX_QUEUE),
             kv_cache_mb: args.kv_cache_mb.or(file.kv_cache_mb),
-            max_seqs: args.max_seqs.or(file.max_seqs).unwrap_or(DEFAULT_MAX_SEQS),
+            max_seqs: args.max_seqs.or(file.max_seqs).unwrap_or(default_seqs),
             max_batch_tokens: args
                 .max_batch_tokens
                 .or(file.max_batch_tokens)
-                .unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
-            device: args.device.or(file.device).filter(|s| !s.is_empty()).unwrap_or_else(|| "cpu".into()),
+                .unwrap_or(default_tokens),
+            device,
             dtype: args.dtype.or(file.dtype).filter(|s| !s.is_empty()),
             api_key: args.api_key.or(file.api_key).filter(|s| !s.is_empty()),
         };
@@ -255,6 +263,19 @@ mod tests {
             (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_QUEUE)
         );
         assert_eq!(c.served_model_name, None);
+    }
+
+    #[test]
+    fn device_and_dtype_come_from_file_env_or_flags_with_cpu_by_default() {
+        let c = Config::resolve(args(&["--model", "m"]), FileConfig::default()).unwrap();
+        assert_eq!((c.device.as_str(), c.dtype.as_deref()), ("cpu", None));
+        assert_eq!((c.max_seqs, c.max_batch_tokens), (DEFAULT_MAX_SEQS, DEFAULT_MAX_BATCH_TOKENS));
+        let file = parse_file("model: m\ndevice: cuda:1\ndtype: f16\n", Path::new("c.yaml")).unwrap();
+        let c = Config::resolve(args(&[]), file.clone()).unwrap();
+        assert_eq!((c.device.as_str(), c.dtype.as_deref()), ("cuda:1", Some("f16")));
+        assert_eq!((c.max_seqs, c.max_batch_tokens), (DEFAULT_GPU_MAX_SEQS, DEFAULT_GPU_MAX_BATCH_TOKENS));
+        let c = Config::resolve(args(&["--device", "cpu-tensor", "--dtype", "bf16"]), file).unwrap();
+        assert_eq!((c.device.as_str(), c.dtype.as_deref()), ("cpu-tensor", Some("bf16")));
     }
 
     #[test]

@@ -47,8 +47,14 @@ pub struct EngineConfig {
     pub placement: Placement,
 }
 
-/// Default [`EngineConfig::max_seqs`].
+/// Default [`EngineConfig::max_seqs`] on the CPU.
 pub const DEFAULT_MAX_SEQS: usize = 32;
+/// Default [`EngineConfig::max_seqs`] on a GPU: a decode step of a 7B model reads its ~15 GB of
+/// weights once whatever the batch, so throughput keeps growing with the batch well past 64.
+pub const DEFAULT_GPU_MAX_SEQS: usize = 128;
+/// Default [`EngineConfig::max_batch_tokens`] on a GPU: prompts in chunks big enough for the
+/// tensor cores, small enough that running streams don't stall for long.
+pub const DEFAULT_GPU_MAX_BATCH_TOKENS: usize = 2048;
 /// Default [`EngineConfig::max_batch_tokens`]: a prefill chunk this long costs about as much as
 /// a few decode steps on a CPU, so running streams keep a steady pace while a prompt is read.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;

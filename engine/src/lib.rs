@@ -24,7 +24,10 @@ mod batch;
 mod sequence;
 
 pub use chat_template::ChatTemplate;
-pub use engine::{Engine, EngineConfig, ModelInfo, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQS};
+pub use engine::{
+    Engine, EngineConfig, ModelInfo, DEFAULT_GPU_MAX_BATCH_TOKENS, DEFAULT_GPU_MAX_SEQS, DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_SEQS,
+};
 pub use error::EngineError;
 pub use tokenizer::Tokenizer;
 pub use types::*;
