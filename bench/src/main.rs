@@ -1,17 +1,22 @@
 //! `ai-sandbox-bench` CLI: warm-up, then one run per concurrency level, then (with
-//! `--prefix-cache`) the cold/warm system-prompt pairs; a table or `--json`.
+//! `--prefix-cache`) the cold/warm system-prompt pairs; a table or `--json`. The in-process
+//! modes `--random-weights SHAPE` and `--kernel-check` run the engine itself, no server.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use ai_sandbox_bench::client::{first_model, run_level, stream_one, BenchConfig, LevelReport};
+use ai_sandbox_bench::kernel_check::{render, run_kernel_checks};
 use ai_sandbox_bench::prefix::{run_prefix_cache, PrefixCacheConfig, DEFAULT_SYSTEM_PROMPT};
+use ai_sandbox_bench::{run_random_weights, RandomWeightsOptions};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
 
 /// Benchmarks a running OpenAI-compatible server (e.g. `scripts/serve`) with concurrent
-/// streaming chat completions.
+/// streaming chat completions; or, in process with no server, the engine on random weights
+/// (`--random-weights SHAPE`) or its kernels against references (`--kernel-check`).
 #[derive(Debug, Parser)]
 #[command(name = "ai-sandbox-bench", version)]
 struct Args {
@@ -74,6 +79,95 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// In process, no server: build SHAPE (mistral-7b, llama-8b, qwen2-7b, tiny) with random
+    /// weights on --device, measure the device-to-device copy bandwidth, single-stream decode
+    /// (tok/s and the fraction of the copy roofline: weight + KV bytes read per step / step
+    /// time) and aggregate decode tok/s at each of --streams.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_RANDOM_WEIGHTS",
+        value_name = "SHAPE",
+        conflicts_with = "kernel_check",
+        help_heading = "In process"
+    )]
+    random_weights: Option<String>,
+    /// In process: run the engine's kernel reference checks on --device for --dtype (default:
+    /// bf16, f16 and f32), one line each; exit status 1 if any failed.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_KERNEL_CHECK",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "In process"
+    )]
+    kernel_check: bool,
+    /// Device of the in-process modes: cuda, cuda:N, cpu (host kernels) or cpu-tensor (the
+    /// device code on the CPU).
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_DEVICE",
+        default_value = "cuda",
+        help_heading = "In process"
+    )]
+    device: String,
+    /// bf16, f16 or f32 (default: bf16 on CUDA, f32 on the CPU).
+    #[arg(long, env = "AI_SANDBOX_BENCH_DTYPE", help_heading = "In process")]
+    dtype: Option<String>,
+    /// Concurrent streams of --random-weights, comma-separated.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_STREAMS",
+        value_delimiter = ',',
+        default_value = "1,8,32,64,128",
+        help_heading = "In process"
+    )]
+    streams: Vec<usize>,
+    /// Prompt tokens per stream (random ids) before decoding.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_PROMPT_LEN",
+        default_value_t = 128,
+        help_heading = "In process"
+    )]
+    prompt_len: usize,
+    /// Timed decode steps per level.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_DECODE_STEPS",
+        default_value_t = 64,
+        help_heading = "In process"
+    )]
+    decode_steps: usize,
+    /// Untimed decode steps before the timed ones.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_WARMUP_STEPS",
+        default_value_t = 4,
+        help_heading = "In process"
+    )]
+    warmup_steps: usize,
+    /// Positions per sequence (default: prompt + warm-up + decode steps).
+    #[arg(long, env = "AI_SANDBOX_BENCH_CTX_SIZE", help_heading = "In process")]
+    ctx_size: Option<usize>,
+    /// KV cache size limit in MiB (default: enough for the largest --streams, within the
+    /// device's free memory); levels that don't fit are skipped.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_KV_CACHE_MB",
+        help_heading = "In process"
+    )]
+    kv_cache_mb: Option<usize>,
+    /// Buffer of the copy-bandwidth measurement in MiB (default: 1024 on CUDA, 64 on the CPU).
+    #[arg(long, env = "AI_SANDBOX_BENCH_COPY_MB", help_heading = "In process")]
+    copy_mb: Option<usize>,
+    /// Seed of the random weights and prompts.
+    #[arg(
+        long,
+        env = "AI_SANDBOX_BENCH_SEED",
+        default_value_t = 0,
+        help_heading = "In process"
+    )]
+    seed: u64,
 }
 
 const DEFAULT_PROMPTS: &str = include_str!("../prompts.json");
@@ -82,20 +176,89 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line of context chain, no backtrace (RUST_BACKTRACE may be set).
-            eprintln!("ai-sandbox-bench: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = if args.kernel_check {
+        kernel_check(&args)
+    } else if let Some(shape) = &args.random_weights {
+        random_weights(&args, shape).map(|()| ExitCode::SUCCESS)
+    } else {
+        tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")
+            .and_then(|rt| rt.block_on(run(args)))
+            .map(|()| ExitCode::SUCCESS)
+    };
+    result.unwrap_or_else(|e| {
+        // One line of context chain, no backtrace (RUST_BACKTRACE may be set).
+        eprintln!("ai-sandbox-bench: error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
-async fn run() -> Result<()> {
-    let args = Args::parse();
+/// Progress lines of the in-process modes, on stderr (stdout carries the table or JSON).
+fn progress(line: &str) {
+    eprintln!("ai-sandbox-bench: {line}");
+}
+
+fn random_weights(args: &Args, shape: &str) -> Result<()> {
+    let opts = RandomWeightsOptions {
+        shape: shape.to_string(),
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        streams: args.streams.clone(),
+        prompt_len: args.prompt_len,
+        decode_steps: args.decode_steps,
+        warmup_steps: args.warmup_steps,
+        ctx_size: args.ctx_size,
+        kv_cache_mb: args.kv_cache_mb,
+        copy_bytes: args.copy_mb.map(|mb| mb << 20),
+        seed: args.seed,
+    };
+    let report = run_random_weights(&opts, &mut progress)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    let failed: Vec<String> = report
+        .streams
+        .iter()
+        .filter(|l| l.error.is_some())
+        .map(|l| l.streams.to_string())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "the levels of {} streams failed (see the report)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Exit status 1 when a check failed.
+fn kernel_check(args: &Args) -> Result<ExitCode> {
+    let dtypes: Vec<String> = args.dtype.iter().cloned().collect();
+    let lines = run_kernel_checks(&args.device, &dtypes, &mut progress)?;
+    let failed = lines.iter().filter(|l| !l.passed).count();
+    if args.json {
+        let out = json!({
+            "device": args.device,
+            "passed": lines.len() - failed,
+            "failed": failed,
+            "checks": lines,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", render(&lines));
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
     let prompts_text = match &args.prompts {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?

@@ -14,15 +14,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::{
+    compile_ptx_with_opts, CompileError, CompileOptions,
+};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, DType, InplaceOp3, Layout, Storage, Tensor};
 use half::{bf16, f16};
 
-use crate::model::device_attention::DeviceBatch;
 use crate::model::attention::Geometry;
+use crate::model::device_attention::DeviceBatch;
 
 /// The kernels' source; it includes no header (nvrtc gets no include path).
 const SOURCE: &str = include_str!("paged_attention.cu");
@@ -31,7 +35,7 @@ const SOURCE: &str = include_str!("paged_attention.cu");
 /// values per lane, so at most 8).
 pub(crate) const HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
 
-/// Warps per attention block (`N_WARPS` in the source; its default, stated here for the launch).
+/// Warps per attention block: passed to the source as `N_WARPS` and used for the launch.
 const ATTENTION_WARPS: u32 = 4;
 
 /// Threads per `write_kv` block (each block copies one row of `kv_heads * head_dim` elements).
@@ -45,7 +49,9 @@ pub(crate) fn generic_only() -> bool {
         Ok(v) if v == "generic" => true,
         Ok(v) if v.is_empty() || v == "kernels" => false,
         Ok(v) => {
-            tracing::warn!("AI_SANDBOX_ATTENTION={v:?} is not `generic` or `kernels`; using our kernels");
+            tracing::warn!(
+                "AI_SANDBOX_ATTENTION={v:?} is not `generic` or `kernels`; using our kernels"
+            );
             false
         }
         Err(_) => false,
@@ -78,7 +84,11 @@ fn ptx(dtype: DType, head_dim: usize) -> candle_core::Result<Arc<str>> {
         return Ok(ptx.clone());
     }
     let opts = CompileOptions {
-        options: vec![format!("-D{define}"), format!("-DHEAD_DIM={head_dim}")],
+        options: vec![
+            format!("-D{define}"),
+            format!("-DHEAD_DIM={head_dim}"),
+            format!("-DN_WARPS={ATTENTION_WARPS}"),
+        ],
         name: Some("paged_attention.cu".to_string()),
         ..Default::default()
     };
@@ -91,7 +101,8 @@ fn ptx(dtype: DType, head_dim: usize) -> candle_core::Result<Arc<str>> {
 }
 
 fn compile_error_message(e: &CompileError, define: &str, head_dim: usize) -> String {
-    let what = format!("nvrtc failed to compile paged_attention.cu with -D{define} -DHEAD_DIM={head_dim}");
+    let what =
+        format!("nvrtc failed to compile paged_attention.cu with -D{define} -DHEAD_DIM={head_dim}");
     match e {
         CompileError::CompileError { nvrtc, log, .. } => {
             format!("{what}: {nvrtc:?}\n{}", log.to_string_lossy())
@@ -101,17 +112,23 @@ fn compile_error_message(e: &CompileError, define: &str, head_dim: usize) -> Str
 }
 
 /// Kernel `name` of the module for `dtype` and `head_dim` on `dev` (loaded on first use).
-fn kernel(dev: &CudaDevice, name: &str, dtype: DType, head_dim: usize) -> candle_core::Result<CudaFunction> {
+fn kernel(
+    dev: &CudaDevice,
+    name: &str,
+    dtype: DType,
+    head_dim: usize,
+) -> candle_core::Result<CudaFunction> {
     let ptx = ptx(dtype, head_dim)?;
     let module = format!("ai_sandbox_paged_attention_{}_{head_dim}", dtype.as_str());
     Ok(dev.get_or_load_custom_func(name, &module, &ptx)?.into_cuda_function())
 }
 
 fn as_u32(n: usize, what: &str) -> candle_core::Result<u32> {
-    u32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} = {n} does not fit the kernels' u32")))
+    u32::try_from(n)
+        .map_err(|_| candle_core::Error::Msg(format!("{what} = {n} does not fit the kernels' u32")))
 }
 
-/// `t`'s elements as a view from its layout's start offset (contiguous only).
+/// The elements `l` addresses in `s`, as a view from the layout's start offset (contiguous only).
 fn contiguous_view<'a, T: CudaDType>(
     s: &'a CudaStorage,
     l: &Layout,
@@ -120,9 +137,9 @@ fn contiguous_view<'a, T: CudaDType>(
     let Some((start, end)) = l.contiguous_offsets() else {
         bail!("{what} must be contiguous for our CUDA kernels (layout {l:?})")
     };
-    s.as_cuda_slice::<T>()?
-        .try_slice(start..end)
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: layout {l:?} is outside its storage")))
+    s.as_cuda_slice::<T>()?.try_slice(start..end).ok_or_else(|| {
+        candle_core::Error::Msg(format!("{what}: layout {l:?} is outside its storage"))
+    })
 }
 
 fn cuda_storage<'a>(s: &'a Storage, what: &str) -> candle_core::Result<&'a CudaStorage> {
@@ -180,7 +197,15 @@ impl InplaceOp3 for WriteKv {
         "ai-sandbox-write-kv"
     }
 
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
         bail!("write_kv is the CUDA kernel; on the CPU DeviceKv uses write_generic")
     }
 
@@ -222,7 +247,11 @@ impl WriteKv {
         let Some(mut cache) = cache.try_slice_mut(start..end) else {
             bail!("write_kv: cache layout {cache_l:?} is outside its storage")
         };
-        let cfg = LaunchConfig { grid_dim: (self.rows, 1, 1), block_dim: (WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (self.rows, 1, 1),
+            block_dim: (WRITE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&func);
         b.arg(&mut cache);
@@ -235,7 +264,8 @@ impl WriteKv {
         // `T`/u32 device memory, then three u32); `new` holds `rows * row_len` elements and
         // `slots` `rows` (checked by `write_kv`), and the kernel skips slots past `cache_rows`,
         // the cache view's row count.
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("write_kv launch: {e:?}")))?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| candle_core::Error::Msg(format!("write_kv launch: {e:?}")))?;
         Ok(())
     }
 }
@@ -244,10 +274,18 @@ impl WriteKv {
 /// head_dim]`, rotated, not scaled) over the cached keys `k` and values `v` (`[n_slots,
 /// n_kv_heads, head_dim]`, `q`'s dtype) through the batch's block tables. Returns `[rows,
 /// n_heads, head_dim]` in `q`'s dtype.
-pub(crate) fn paged_attention(q: &Tensor, k: &Tensor, v: &Tensor, b: &DeviceBatch, g: &Geometry) -> candle_core::Result<Tensor> {
+pub(crate) fn paged_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    b: &DeviceBatch,
+    g: &Geometry,
+) -> candle_core::Result<Tensor> {
     let (rows, n_heads, head_dim) = q.dims3()?;
     let (n_slots, n_kv_heads, kv_dim) = k.dims3()?;
-    if (n_heads, head_dim, n_kv_heads) != (g.n_heads, g.head_dim, g.n_kv_heads) || kv_dim != head_dim {
+    if (n_heads, head_dim, n_kv_heads) != (g.n_heads, g.head_dim, g.n_kv_heads)
+        || kv_dim != head_dim
+    {
         bail!(
             "paged_attention: q [{rows}, {n_heads}, {head_dim}] and k [{n_slots}, {n_kv_heads}, {kv_dim}] do not match \
              the geometry ({} heads, {} kv heads, head_dim {})",
@@ -263,14 +301,20 @@ pub(crate) fn paged_attention(q: &Tensor, k: &Tensor, v: &Tensor, b: &DeviceBatc
         bail!("paged_attention: {n_heads} heads is not a multiple of {n_kv_heads} kv heads");
     }
     if g.block_size == 0 || n_slots % g.block_size != 0 {
-        bail!("paged_attention: {n_slots} cache slots is not a whole number of blocks of {}", g.block_size);
+        bail!(
+            "paged_attention: {n_slots} cache slots is not a whole number of blocks of {}",
+            g.block_size
+        );
     }
     let dtype = q.dtype();
     if k.dtype() != dtype || v.dtype() != dtype {
         bail!("paged_attention: q is {dtype:?}, keys {:?}, values {:?}", k.dtype(), v.dtype());
     }
     if b.positions.dims1()? != rows || b.table_offsets.dims1()? != rows {
-        bail!("paged_attention: the batch has {} positions for {rows} query rows", b.positions.dims1()?);
+        bail!(
+            "paged_attention: the batch has {} positions for {rows} query rows",
+            b.positions.dims1()?
+        );
     }
     if n_heads > 65_535 {
         bail!("paged_attention: {n_heads} heads exceed the launch grid's y limit (65535)");
@@ -298,7 +342,12 @@ pub(crate) fn paged_attention(q: &Tensor, k: &Tensor, v: &Tensor, b: &DeviceBatc
         DType::F32 => launch_attention::<f32>(&dev, &func, &args, &q, k, v, b)?,
         other => bail!("paged_attention: unsupported dtype {other:?}"),
     };
-    Ok(Tensor::from_storage(Storage::Cuda(out), (rows, n_heads, head_dim), BackpropOp::none(), false))
+    Ok(Tensor::from_storage(
+        Storage::Cuda(out),
+        (rows, n_heads, head_dim),
+        BackpropOp::none(),
+        false,
+    ))
 }
 
 /// The scalar arguments of the attention kernel, in its parameter order.
@@ -328,10 +377,13 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let (tab_s, tab_l) = b.tables.storage_and_layout();
     let q_view = contiguous_view::<T>(cuda_storage(&q_s, "q")?, q_l, "q")?;
     let k_view = contiguous_view::<T>(cuda_storage(&k_s, "the key cache")?, k_l, "the key cache")?;
-    let v_view = contiguous_view::<T>(cuda_storage(&v_s, "the value cache")?, v_l, "the value cache")?;
+    let v_view =
+        contiguous_view::<T>(cuda_storage(&v_s, "the value cache")?, v_l, "the value cache")?;
     let positions = contiguous_view::<u32>(cuda_storage(&pos_s, "positions")?, pos_l, "positions")?;
-    let offsets = contiguous_view::<u32>(cuda_storage(&off_s, "table offsets")?, off_l, "table offsets")?;
-    let tables = contiguous_view::<u32>(cuda_storage(&tab_s, "block tables")?, tab_l, "block tables")?;
+    let offsets =
+        contiguous_view::<u32>(cuda_storage(&off_s, "table offsets")?, off_l, "table offsets")?;
+    let tables =
+        contiguous_view::<u32>(cuda_storage(&tab_s, "block tables")?, tab_l, "block tables")?;
 
     let n = q_view.len();
     // SAFETY: every element is written by the kernel (block (t, h) writes all head_dim values
@@ -360,6 +412,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     // f32); shapes and dtypes were checked by `paged_attention`. The positions, table offsets
     // and tables come from `DeviceBatch::new`, which builds every row's table to cover its
     // position, with block numbers the caller's KV pool allocated inside the cache.
-    unsafe { builder.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("paged_attention launch: {e:?}")))?;
+    unsafe { builder.launch(cfg) }
+        .map_err(|e| candle_core::Error::Msg(format!("paged_attention launch: {e:?}")))?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

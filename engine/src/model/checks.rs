@@ -40,7 +40,11 @@ impl KernelCheck {
 impl fmt::Display for KernelCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed() { "ok" } else { "FAILED" };
-        write!(f, "{verdict:6} {}: max |diff| {:.3e} (tolerance {:.1e})", self.name, self.max_abs_diff, self.tolerance)
+        write!(
+            f,
+            "{verdict:6} {}: max |diff| {:.3e} (tolerance {:.1e})",
+            self.name, self.max_abs_diff, self.tolerance
+        )
     }
 }
 
@@ -125,7 +129,10 @@ fn tolerance(dtype: DType) -> f32 {
 /// written, and on CUDA also our kernel against the candle-op version.
 pub fn kernel_checks(device: &Device, dtype: DType) -> Result<Vec<KernelCheck>, EngineError> {
     if !matches!(dtype, DType::BF16 | DType::F16 | DType::F32) {
-        return Err(EngineError::invalid(format!("kernel checks run in bf16, f16 or f32, not {dtype:?}"), None));
+        return Err(EngineError::invalid(
+            format!("kernel checks run in bf16, f16 or f32, not {dtype:?}"),
+            None,
+        ));
     }
     let mut checks = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
@@ -136,7 +143,12 @@ pub fn kernel_checks(device: &Device, dtype: DType) -> Result<Vec<KernelCheck>, 
 
 /// The checks of case `index` of [`CASES`] with `corruption` applied.
 #[cfg(test)]
-pub(crate) fn case_checks(device: &Device, dtype: DType, index: usize, corruption: Corruption) -> Result<Vec<KernelCheck>, EngineError> {
+pub(crate) fn case_checks(
+    device: &Device,
+    dtype: DType,
+    index: usize,
+    corruption: Corruption,
+) -> Result<Vec<KernelCheck>, EngineError> {
     run_case(device, dtype, &CASES[index], 1000 + index as u64, corruption)
 }
 
@@ -150,7 +162,13 @@ struct Mirror {
     v_cache: Vec<f32>,
 }
 
-fn run_case(device: &Device, dtype: DType, case: &Case, seed: u64, corruption: Corruption) -> Result<Vec<KernelCheck>, EngineError> {
+fn run_case(
+    device: &Device,
+    dtype: DType,
+    case: &Case,
+    seed: u64,
+    corruption: Corruption,
+) -> Result<Vec<KernelCheck>, EngineError> {
     let g = Geometry {
         n_heads: case.n_heads,
         n_kv_heads: case.n_kv_heads,
@@ -178,7 +196,8 @@ fn run_case(device: &Device, dtype: DType, case: &Case, seed: u64, corruption: C
             row += len;
         }
         let rows = row;
-        let (q, q_host) = upload(&mut rng, (rows, g.n_heads, hd), 2.0 * case.q_gain, dtype, device)?;
+        let (q, q_host) =
+            upload(&mut rng, (rows, g.n_heads, hd), 2.0 * case.q_gain, dtype, device)?;
         let (k, k_host) = upload(&mut rng, (rows, g.n_kv_heads, hd), 2.0, dtype, device)?;
         let (v, v_host) = upload(&mut rng, (rows, g.n_kv_heads, hd), 1.0, dtype, device)?;
         let batch = DeviceBatch::new(&g, &spans, device)?;
@@ -186,11 +205,17 @@ fn run_case(device: &Device, dtype: DType, case: &Case, seed: u64, corruption: C
         for (&(seq, pos, len), span) in plan.iter().zip(&spans) {
             for i in 0..len {
                 let (p, r) = (pos + i, span.row + i);
-                debug_assert_eq!(mirror.keys[seq].len(), p, "the schedule writes each position once, in order");
-                let (k_row, v_row) = (&k_host[r * width..(r + 1) * width], &v_host[r * width..(r + 1) * width]);
+                debug_assert_eq!(
+                    mirror.keys[seq].len(),
+                    p,
+                    "the schedule writes each position once, in order"
+                );
+                let (k_row, v_row) =
+                    (&k_host[r * width..(r + 1) * width], &v_host[r * width..(r + 1) * width]);
                 mirror.keys[seq].push(k_row.to_vec());
                 mirror.values[seq].push(v_row.to_vec());
-                let slot = tables[seq][p / KV_BLOCK_SIZE] as usize * KV_BLOCK_SIZE + p % KV_BLOCK_SIZE;
+                let slot =
+                    tables[seq][p / KV_BLOCK_SIZE] as usize * KV_BLOCK_SIZE + p % KV_BLOCK_SIZE;
                 mirror.k_cache[slot * width..(slot + 1) * width].copy_from_slice(k_row);
                 mirror.v_cache[slot * width..(slot + 1) * width].copy_from_slice(v_row);
             }
@@ -207,16 +232,29 @@ fn run_case(device: &Device, dtype: DType, case: &Case, seed: u64, corruption: C
             vs_generic = vs_generic.max(max_abs_diff(&out_host, &generic));
         }
     }
-    let cache_diff = max_abs_diff(&host(&kv.k)?, &mirror.k_cache).max(max_abs_diff(&host(&kv.v)?, &mirror.v_cache));
-    let name = format!("{case} {dtype:?}");
+    let cache_diff = max_abs_diff(&host(&kv.k)?, &mirror.k_cache)
+        .max(max_abs_diff(&host(&kv.v)?, &mirror.v_cache));
+    let name = case.to_string();
     let tol = tolerance(dtype);
     let mut checks = vec![
-        KernelCheck { name: format!("{name}: attention vs f64 reference"), max_abs_diff: vs_reference, tolerance: tol },
+        KernelCheck {
+            name: format!("{name}: attention vs f64 reference"),
+            max_abs_diff: vs_reference,
+            tolerance: tol,
+        },
         // A write copies bits: anything but an exact match is a wrong slot or a torn row.
-        KernelCheck { name: format!("{name}: cache contents vs writes"), max_abs_diff: cache_diff, tolerance: 0.0 },
+        KernelCheck {
+            name: format!("{name}: cache contents vs writes"),
+            max_abs_diff: cache_diff,
+            tolerance: 0.0,
+        },
     ];
     if device.is_cuda() {
-        checks.push(KernelCheck { name: format!("{name}: kernel vs attend_generic"), max_abs_diff: vs_generic, tolerance: tol });
+        checks.push(KernelCheck {
+            name: format!("{name}: kernel vs attend_generic"),
+            max_abs_diff: vs_generic,
+            tolerance: tol,
+        });
     }
     Ok(checks)
 }
@@ -241,7 +279,13 @@ fn block_tables(rng: &mut StdRng) -> Vec<Vec<u32>> {
 
 /// Uniform values in [-scale, scale) of `shape`, on `device` in `dtype`, and their host copy
 /// after the rounding to `dtype` (what the device computes with).
-fn upload(rng: &mut StdRng, shape: (usize, usize, usize), scale: f32, dtype: DType, device: &Device) -> Result<(Tensor, Vec<f32>), EngineError> {
+fn upload(
+    rng: &mut StdRng,
+    shape: (usize, usize, usize),
+    scale: f32,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Vec<f32>), EngineError> {
     let n = shape.0 * shape.1 * shape.2;
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
     let t = Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?;
@@ -261,13 +305,25 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     // A NaN on either side must fail the check, so it is not left to `max` (which drops NaNs).
     a.iter().zip(b).fold(0f32, |m, (x, y)| {
         let d = (x - y).abs();
-        if d.is_nan() { f32::NAN } else if m.is_nan() { m } else { m.max(d) }
+        if d.is_nan() {
+            f32::NAN
+        } else if m.is_nan() {
+            m
+        } else {
+            m.max(d)
+        }
     })
 }
 
 /// Dense attention in f64 of every row of the step over its sequence's mirrored keys/values:
 /// `[rows, n_heads, head_dim]` flattened.
-fn reference(g: &Geometry, plan: &[(usize, usize, usize)], spans: &[Span], q: &[f32], mirror: &Mirror) -> Vec<f32> {
+fn reference(
+    g: &Geometry,
+    plan: &[(usize, usize, usize)],
+    spans: &[Span],
+    q: &[f32],
+    mirror: &Mirror,
+) -> Vec<f32> {
     let (nh, hd) = (g.n_heads, g.head_dim);
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f64).sqrt();
@@ -292,7 +348,10 @@ fn reference(g: &Geometry, plan: &[(usize, usize, usize)], spans: &[Span], q: &[
                 let total: f64 = weights.iter().sum();
                 let o = &mut out[((span.row + i) * nh + h) * hd..][..hd];
                 for (d, od) in o.iter_mut().enumerate() {
-                    let acc: f64 = (first..=p).zip(&weights).map(|(j, w)| w * values[j][kv_off + d] as f64).sum();
+                    let acc: f64 = (first..=p)
+                        .zip(&weights)
+                        .map(|(j, w)| w * values[j][kv_off + d] as f64)
+                        .sum();
                     *od = (acc / total) as f32;
                 }
             }

@@ -1,5 +1,5 @@
-//! The kernel checks on the CPU (the candle-op path): they pass in f32 and bf16, and a corrupted
-//! cache fails them.
+//! The kernel checks on the CPU (the candle-op path): they pass in f32, bf16 and f16, and a
+//! corrupted cache fails them.
 
 use candle_core::{DType, Device};
 
@@ -12,7 +12,8 @@ fn assert_all_pass(dtype: DType) {
     }
     // Two comparisons per case on the CPU (reference and cache contents; no kernel to compare).
     assert_eq!(checks.len(), 2 * CASES.len());
-    let failed: Vec<String> = checks.iter().filter(|c| !c.passed()).map(|c| c.to_string()).collect();
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.passed()).map(|c| c.to_string()).collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
 }
 
@@ -27,10 +28,16 @@ fn checks_pass_on_cpu_in_bf16() {
 }
 
 #[test]
+fn checks_pass_on_cpu_in_f16() {
+    assert_all_pass(DType::F16);
+}
+
+#[test]
 fn a_corrupted_cache_fails_the_attention_check() {
     for dtype in [DType::F32, DType::BF16] {
         let checks = case_checks(&Device::Cpu, dtype, 4, Corruption::ShiftValues).unwrap();
-        let attention = checks.iter().find(|c| c.name.ends_with("attention vs f64 reference")).unwrap();
+        let attention =
+            checks.iter().find(|c| c.name.ends_with("attention vs f64 reference")).unwrap();
         assert!(!attention.passed(), "{attention}");
         // Every output moved by 1 (the weights sum to 1), far beyond any tolerance.
         assert!(attention.max_abs_diff > 0.9, "{attention}");

@@ -32,8 +32,6 @@ pub(crate) struct DeviceBatch {
     pub positions: Tensor,
     pub table_offsets: Tensor,
     pub tables: Tensor,
-    /// The largest position + 1 of any row (bounds the kernels' loops).
-    pub max_len: usize,
     /// The host copy of the batch for the generic path: (first row, rows, start position, the
     /// slot of every position `0..pos+len`).
     spans: Vec<HostSpan>,
@@ -55,16 +53,14 @@ impl DeviceBatch {
         let (mut slots, mut positions, mut offsets, mut tables) =
             (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::new());
         let mut host = Vec::with_capacity(spans.len());
-        let mut max_len = 0;
         for s in spans {
             let end = s.pos + s.len;
-            max_len = max_len.max(end);
             let table = &s.blocks[..end.div_ceil(bs)];
             let offset = tables.len() as u32;
             tables.extend_from_slice(table);
             let all: Vec<u32> = (0..end).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect();
-            for p in s.pos..end {
-                slots.push(all[p]);
+            for (p, &slot) in all.iter().enumerate().skip(s.pos) {
+                slots.push(slot);
                 positions.push(p as u32);
                 offsets.push(offset);
             }
@@ -79,7 +75,6 @@ impl DeviceBatch {
             positions: up(positions)?,
             table_offsets: up(offsets)?,
             tables: up(tables)?,
-            max_len,
             spans: host,
         })
     }
@@ -156,10 +151,10 @@ pub(crate) fn attend_generic(kv: &DeviceKv, g: &Geometry, b: &DeviceBatch, q: &T
         let qs = q.narrow(0, s.row, s.len)?.to_dtype(DType::F32)?.transpose(0, 1)?.contiguous()?;
         let scores = (qs.matmul(&k.t()?.contiguous()?)? * scale)?; // [heads, len, end]
         let mut mask = vec![0f32; s.len * end];
-        for i in 0..s.len {
+        for (i, row) in mask.chunks_exact_mut(end).enumerate() {
             let p = s.pos + i;
             let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-            for (j, m) in mask[i * end..(i + 1) * end].iter_mut().enumerate() {
+            for (j, m) in row.iter_mut().enumerate() {
                 if j < first || j > p {
                     *m = f32::NEG_INFINITY;
                 }

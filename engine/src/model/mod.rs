@@ -29,10 +29,10 @@
 //! (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, default 25000) between ops: on a loaded 2-core box 2
 //! threads fell to 2-5 tok/s with the default and ran at 12 tok/s with a limit of 200.
 
-mod attention;
+pub(crate) mod attention;
 pub mod checks;
 mod config;
-mod device_attention;
+pub(crate) mod device_attention;
 mod layer;
 mod placement;
 mod presets;
