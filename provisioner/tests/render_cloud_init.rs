@@ -96,7 +96,8 @@ fn name_and_model_that_look_like_yaml_11_values_stay_strings() {
     let cfg = tricky_config();
     let loaded = pyyaml_to_json(&render_cloud_init(&cfg).unwrap());
     let env = loaded["write_files"][1]["content"].as_str().unwrap();
-    assert!(env.contains("\nAI_SANDBOX_MODEL=on/0755\n"), "{env}");
+    assert!(env.contains("\nAI_SANDBOX_MODEL=hf:on/0755\n"), "{env}");
+    assert!(env.contains("\nAI_SANDBOX_SERVED_MODEL_NAME=on/0755\n"), "{env}");
     let compose = pyyaml_to_json(loaded["write_files"][0]["content"].as_str().unwrap());
     assert_eq!(
         compose["services"]["api"]["image"],
