@@ -178,10 +178,7 @@ pub fn run_random_weights(
             known: ModelConfig::preset_names().join(", "),
         })?;
     let placement = Placement::parse(&opts.device, opts.dtype.as_deref())?;
-    let device = match &placement {
-        Placement::Host => candle_core::Device::Cpu,
-        Placement::Device { device, .. } => device.clone(),
-    };
+    let device = placement.device();
     let facts = device_facts(&device);
     let copy_bytes = opts
         .copy_bytes

@@ -119,6 +119,7 @@ pub struct Model {
     output: Linear,
     /// Whether `output` is the embedding table.
     tied_output: bool,
+    /// The RoPE tables `[ctx, head_dim/2]` flattened (host placement only; empty otherwise).
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     /// The RoPE tables `[ctx, head_dim/2]` f32 on the device (device placement only).
@@ -189,10 +190,7 @@ impl Model {
         seed: u64,
         options: &LoadOptions,
     ) -> Result<Model, EngineError> {
-        let device = match &options.placement {
-            Placement::Host => Device::Cpu,
-            Placement::Device { device, .. } => device.clone(),
-        };
+        let device = options.placement.device();
         // candle's CPU generator can't be seeded: CPU draws differ from run to run.
         if !device.is_cpu() {
             device.set_seed(seed)?;
@@ -211,10 +209,7 @@ impl Model {
         options: &LoadOptions,
     ) -> Result<Model, EngineError> {
         let at = &options.placement;
-        let device = match at {
-            Placement::Host => Device::Cpu,
-            Placement::Device { device, .. } => device.clone(),
-        };
+        let device = at.device();
         let ctx_size = match ctx_size {
             None => config.context_length,
             Some(0) => return Err(EngineError::Load("--ctx-size must be at least 1".into())),
@@ -257,9 +252,12 @@ impl Model {
             None
         };
         let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &Device::Cpu)?;
-        let device_rope = match at {
-            Placement::Host => None,
-            Placement::Device { device, .. } => Some((tables.cos.to_device(device)?, tables.sin.to_device(device)?)),
+        // Each placement keeps the tables where its RoPE reads them.
+        let (rope_cos, rope_sin, device_rope) = match at {
+            Placement::Host => (tables.cos.flatten_all()?.to_vec1::<f32>()?, tables.sin.flatten_all()?.to_vec1::<f32>()?, None),
+            Placement::Device { device, .. } => {
+                (Vec::new(), Vec::new(), Some((tables.cos.to_device(device)?, tables.sin.to_device(device)?)))
+            }
         };
         let layers = (0..config.n_layers)
             .map(|i| Layer::load(&mut src, &config, i, &geometry, n_blocks, at))
@@ -277,8 +275,8 @@ impl Model {
             output_norm,
             output,
             tied_output,
-            rope_cos: tables.cos.flatten_all()?.to_vec1::<f32>()?,
-            rope_sin: tables.sin.flatten_all()?.to_vec1::<f32>()?,
+            rope_cos,
+            rope_sin,
             device_rope,
         })
     }
@@ -383,15 +381,13 @@ impl Model {
         let device = match &self.device_rope {
             None => None,
             Some((cos, sin)) => {
-                let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-                let idx = Tensor::from_vec(idx, n_ids, &self.device)?;
+                // Each row's cos/sin, gathered by the positions the batch uploads anyway.
+                let batch = DeviceBatch::new(&geometry, &spans, &self.device)?;
                 let half = self.config.head_dim / 2;
-                let gather = |t: &Tensor| t.index_select(&idx, 0)?.to_dtype(x.dtype())?.reshape((n_ids, 1, half));
-                Some(DeviceStep {
-                    batch: DeviceBatch::new(&geometry, &spans, &self.device)?,
-                    cos: gather(cos)?,
-                    sin: gather(sin)?,
-                })
+                let gather =
+                    |t: &Tensor| t.index_select(&batch.positions, 0)?.to_dtype(x.dtype())?.reshape((n_ids, 1, half));
+                let (cos, sin) = (gather(cos)?, gather(sin)?);
+                Some(DeviceStep { batch, cos, sin })
             }
         };
         let step = Step {
@@ -435,7 +431,8 @@ impl Model {
         &self.placement
     }
 
-    /// Bytes of all weights as stored: what one decode step reads (the tied output counted once).
+    /// Bytes of all weights as stored (the tied output counted once; a decode step reads all of
+    /// them but the embedding table, of which it reads one row per token).
     pub fn weight_bytes(&self) -> usize {
         let output = if self.tied_output { 0 } else { self.output.bytes() };
         let v = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();

@@ -55,6 +55,14 @@ impl Placement {
         }
     }
 
+    /// The device tensors live on (`Device::Cpu` for the host placement).
+    pub fn device(&self) -> Device {
+        match self {
+            Placement::Host => Device::Cpu,
+            Placement::Device { device, .. } => device.clone(),
+        }
+    }
+
     /// Bytes per KV-cache element.
     pub fn kv_elem_bytes(&self) -> usize {
         match self {
