@@ -10,42 +10,6 @@ use serde::Serialize;
 use crate::bandwidth::CopyBandwidth;
 use crate::stats::percentile;
 
-/// The shape the benchmark ran (what `bench/torch_reference.py --config-from` rebuilds).
-#[derive(Debug, Clone, Serialize)]
-pub struct ShapeSummary {
-    pub arch: String,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub ffn_size: usize,
-    pub context_length: usize,
-    pub rope_theta: f32,
-    pub rms_eps: f32,
-    pub sliding_window: Option<usize>,
-}
-
-impl From<&ModelConfig> for ShapeSummary {
-    fn from(c: &ModelConfig) -> Self {
-        ShapeSummary {
-            arch: c.arch.clone(),
-            vocab_size: c.vocab_size,
-            hidden_size: c.hidden_size,
-            n_layers: c.n_layers,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            ffn_size: c.ffn_size,
-            context_length: c.context_length,
-            rope_theta: c.rope_theta,
-            rms_eps: c.rms_eps,
-            sliding_window: c.sliding_window,
-        }
-    }
-}
-
 /// Weight elements one decode step reads: every layer's attention and MLP matrices and norms,
 /// the final norm, the whole output projection, and ONE row of the embedding table (a lookup).
 /// The same whether or not the model ties its output to the embeddings.
@@ -181,7 +145,8 @@ pub struct RandomWeightsReport {
     /// `device` (candle tensors) or `host` (the CPU kernels).
     pub placement: String,
     pub dtype: String,
-    pub config: ShapeSummary,
+    /// The shape that ran (what `bench/torch_reference.py --config-from` rebuilds).
+    pub config: ModelConfig,
     /// All weights as stored (the model's own count).
     pub weight_bytes: usize,
     /// Weight bytes a decode step reads (see [`weight_elems_read_per_step`]).
@@ -352,7 +317,7 @@ mod tests {
             device_name: Some("NVIDIA H100 80GB HBM3".into()),
             placement: "device".into(),
             dtype: "bf16".into(),
-            config: ShapeSummary::from(&cfg),
+            config: cfg.clone(),
             weight_bytes: 14_496_047_104,
             weight_bytes_read_per_step: 14.2e9,
             kv_bytes_per_token: 131_072,

@@ -18,7 +18,7 @@ use candle_core::DeviceLocation;
 use crate::bandwidth::{copy_bandwidth, device_facts, DeviceFacts};
 use crate::device_error::DeviceBenchError;
 use crate::random_report::{
-    mean_context, weight_elems_read_per_step, RandomWeightsReport, Roofline, ShapeSummary,
+    mean_context, weight_elems_read_per_step, RandomWeightsReport, Roofline,
     SingleStream, StepTimes, StreamLevel,
 };
 
@@ -293,7 +293,7 @@ pub fn run_random_weights(
         }
         .into(),
         dtype: dtype_name(&placement),
-        config: ShapeSummary::from(&config),
+        config: config.clone(),
         weight_bytes: model.weight_bytes(),
         weight_bytes_read_per_step: weight_bytes_read,
         kv_bytes_per_token: kv_per_token,

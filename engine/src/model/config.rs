@@ -5,7 +5,7 @@ use crate::gguf::GgufFile;
 use crate::EngineError;
 
 /// How RoPE pairs up the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum RopeStyle {
     /// Adjacent pairs `(x[2i], x[2i+1])`: llama.cpp's "normal" mode. llama.cpp's converter
     /// permutes the Q/K weights of llama/mistral checkpoints so that this equals HF's
@@ -16,7 +16,7 @@ pub enum RopeStyle {
 }
 
 /// Position scaling applied to the RoPE angles.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope.scaling.type = linear`).
@@ -26,7 +26,8 @@ pub enum RopeScaling {
 }
 
 /// The hyper-parameters of a Llama-family model, as its GGUF metadata declares them.
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable so that reports (`ai-sandbox-bench --random-weights --json`) carry the shape.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
     /// `general.architecture`: `llama`, `mistral` or `qwen2`.
     pub arch: String,
