@@ -13,28 +13,15 @@ fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
 /// Dense causal GQA attention in f64 over a whole sequence's keys/values `[len, kv*hd]`.
 fn reference(g: &Geometry, q: &[f32], k: &[f32], v: &[f32], len: usize) -> Vec<f64> {
     let (nh, nkv, hd) = (g.n_heads, g.n_kv_heads, g.head_dim);
-    let mut out = vec![0.0f64; len * nh * hd];
+    let mut out = Vec::with_capacity(len * nh * hd);
     for t in 0..len {
         for h in 0..nh {
             let kvh = h / (nh / nkv);
             let first = g.sliding_window.map_or(0, |w| (t + 1).saturating_sub(w));
+            // Position j's kv head `kvh` in the `[len, kv*hd]` rows.
+            let head = |j: usize| j * nkv * hd + kvh * hd..j * nkv * hd + (kvh + 1) * hd;
             let qr = &q[t * nh * hd + h * hd..][..hd];
-            let scores: Vec<f64> = (first..=t)
-                .map(|j| {
-                    let kr = &k[j * nkv * hd + kvh * hd..][..hd];
-                    qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
-                        / (hd as f64).sqrt()
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for (n, j) in (first..=t).enumerate() {
-                let vr = &v[j * nkv * hd + kvh * hd..][..hd];
-                for d in 0..hd {
-                    out[t * nh * hd + h * hd + d] += e[n] / z * vr[d] as f64;
-                }
-            }
+            out.extend(crate::model::checks::reference_row(qr, |j| &k[head(j)], |j| &v[head(j)], first..=t));
         }
     }
     out

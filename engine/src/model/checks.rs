@@ -315,6 +315,33 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     })
 }
 
+/// Dense attention in f64 of one query row (one head) over the keys/values at positions
+/// `positions`: softmax(q.k / sqrt(head_dim)) . v. Shared by these checks and the host
+/// attention's tests.
+pub(crate) fn reference_row<'a>(
+    q: &[f32],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    positions: std::ops::RangeInclusive<usize>,
+) -> Vec<f64> {
+    let scale = 1.0 / (q.len() as f64).sqrt();
+    let scores: Vec<f64> = positions
+        .clone()
+        .map(|j| q.iter().zip(key(j)).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale)
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut out = vec![0f64; q.len()];
+    for (j, w) in positions.zip(&weights) {
+        for (o, &v) in out.iter_mut().zip(value(j)) {
+            *o += w * v as f64;
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= total);
+    out
+}
+
 /// Dense attention in f64 of every row of the step over its sequence's mirrored keys/values:
 /// `[rows, n_heads, head_dim]` flattened.
 fn reference(
@@ -326,7 +353,6 @@ fn reference(
 ) -> Vec<f32> {
     let (nh, hd) = (g.n_heads, g.head_dim);
     let group = g.n_heads / g.n_kv_heads;
-    let scale = 1.0 / (hd as f64).sqrt();
     let rows: usize = spans.iter().map(|s| s.len).sum();
     let mut out = vec![0f32; rows * nh * hd];
     for (&(seq, pos, len), span) in plan.iter().zip(spans) {
@@ -337,22 +363,12 @@ fn reference(
             for h in 0..nh {
                 let kv_off = (h / group) * hd;
                 let q_row = &q[((span.row + i) * nh + h) * hd..][..hd];
-                let scores: Vec<f64> = (first..=p)
-                    .map(|j| {
-                        let k = &keys[j][kv_off..kv_off + hd];
-                        q_row.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
+                let key = |j: usize| &keys[j][kv_off..kv_off + hd];
+                let value = |j: usize| &values[j][kv_off..kv_off + hd];
+                let row = reference_row(q_row, key, value, first..=p);
                 let o = &mut out[((span.row + i) * nh + h) * hd..][..hd];
-                for (d, od) in o.iter_mut().enumerate() {
-                    let acc: f64 = (first..=p)
-                        .zip(&weights)
-                        .map(|(j, w)| w * values[j][kv_off + d] as f64)
-                        .sum();
-                    *od = (acc / total) as f32;
+                for (od, r) in o.iter_mut().zip(row) {
+                    *od = r as f32;
                 }
             }
         }
