@@ -25,7 +25,8 @@ pub(crate) struct DeviceKv {
 /// A batch's metadata on the device, shared by every layer of one forward. Row `t` of the batch
 /// is at position `positions[t]` of the sequence whose block table starts at
 /// `tables[table_offsets[t]]`; its key/value goes to cache row `slots[t]`. All u32.
-/// (Read by the CUDA kernels; the generic path uses the host copy.)
+/// (Read by the CUDA kernels, `positions` also by the RoPE gather; the generic attention uses
+/// the host copy.)
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct DeviceBatch {
     pub slots: Tensor,
