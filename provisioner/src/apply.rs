@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cli::DeployArgs;
+use crate::config::DeployConfig;
 use crate::context;
 use crate::destroy::{self, Teardown};
 use crate::error::{CmdError, EXIT_OK};
@@ -29,6 +30,11 @@ const PHASE_READ_INTERVAL: Duration = Duration::from_secs(10);
 struct Created {
     firewall: Option<Firewall>,
     instance: Option<Instance>,
+    /// A create of that kind failed in a way that may still have made it (a lost answer):
+    /// cleanup then looks for it by tag and label. Otherwise cleanup touches only what this
+    /// run knows it made, never a namesake made by another run.
+    firewall_unsure: bool,
+    instance_unsure: bool,
 }
 
 /// How the steps ended.
@@ -91,6 +97,12 @@ pub async fn run(config: Option<&Path>, args: &DeployArgs) -> Result<u8, CmdErro
         return plan_only(config, &args.flags, args.out.as_deref(), false).await;
     }
     let client = context::linode_client()?;
+    // Held from before the plan's existence check until the process ends. A bad name is
+    // left to the plan, whose message names --name.
+    let _lock = match context::name_for(args.flags.name.as_deref(), config) {
+        Ok(name) => crate::lock::acquire(&name)?,
+        Err(_) => None,
+    };
     let plan = make_plan(&client, config, &args.flags).await?;
     let name = plan.config.name.clone();
     let source = match (&plan.config.api_image, args.no_wait) {
@@ -187,20 +199,30 @@ pub async fn run(config: Option<&Path>, args: &DeployArgs) -> Result<u8, CmdErro
                 kept_report(&name, &snapshot)
             } else {
                 eprintln!("Deploy failed; cleaning up what this run created...");
-                cleanup_report(&client, &name, &snapshot).await
+                cleanup_report(&client, &plan.config, &snapshot).await
             };
             Err(CmdError::Deploy { cause, report })
         }
         None => {
             eprintln!();
-            let destroy_it = !output::interactive()
-                || output::ask(
+            // On a terminal: ask (Enter destroys; "n" or a second Ctrl-C keeps and prints the
+            // destroy command). Without one: destroy.
+            let answer = if output::interactive() {
+                output::ask_interruptible(
                     "Interrupted. Destroy what this run created (it is billed until destroyed)?",
                     true,
-                )?;
-            let report = if destroy_it {
-                cleanup_report(&client, &name, &snapshot).await
+                )
+                .await?
             } else {
+                Some(true)
+            };
+            let report = if answer == Some(true) {
+                eprintln!("Destroying what this run created...");
+                cleanup_report(&client, &plan.config, &snapshot).await
+            } else {
+                if answer.is_none() {
+                    eprintln!();
+                }
                 kept_report(&name, &snapshot)
             };
             Err(CmdError::Deploy {
@@ -247,21 +269,21 @@ fn kept_report(name: &str, c: &Created) -> String {
     s
 }
 
-async fn cleanup_report(client: &LinodeClient, name: &str, c: &Created) -> String {
+async fn cleanup_report(client: &LinodeClient, cfg: &DeployConfig, c: &Created) -> String {
+    let name = cfg.name.as_str();
     let (made, not) = created_list(c);
-    // Look up by tag as well: a create whose answer was lost (timeout, retried POST)
-    // may have made something this run never heard about.
-    let found = destroy::find(client, name).await.unwrap_or_default();
-    let mut instances = found.instances;
-    if let Some(i) = &c.instance {
-        if !instances.iter().any(|x| x.id == i.id) {
-            instances.push(i.clone());
+    let mut instances: Vec<Instance> = c.instance.iter().cloned().collect();
+    let mut firewalls: Vec<Firewall> = c.firewall.iter().cloned().collect();
+    // A create whose answer was lost may have made something this run never heard about:
+    // look for it by tag and label, for those kinds only.
+    if c.firewall_unsure || c.instance_unsure {
+        let found = destroy::find(client, name).await.unwrap_or_default();
+        let (fw_label, inst_label) = (cfg.firewall_label(), cfg.linode_label());
+        if c.instance_unsure && instances.is_empty() {
+            instances.extend(found.instances.into_iter().filter(|i| i.label == inst_label));
         }
-    }
-    let mut firewalls = found.firewalls;
-    if let Some(f) = &c.firewall {
-        if !firewalls.iter().any(|x| x.id == f.id) {
-            firewalls.push(f.clone());
+        if c.firewall_unsure && firewalls.is_empty() {
+            firewalls.extend(found.firewalls.into_iter().filter(|f| f.label == fw_label));
         }
     }
     if instances.is_empty() && firewalls.is_empty() {
@@ -306,6 +328,25 @@ fn is_label_taken(e: &LinodeError) -> bool {
     })
 }
 
+/// After a create failed with `e`: `Ok(true)` when the label is taken by what is most likely
+/// this run's own lost create (the POST was retried), so it may be adopted by tag and label;
+/// `Ok(false)` for other failures; `Err` when the label was taken on the first attempt, i.e.
+/// by someone else between the plan and the create (another deploy of the same name), whose
+/// resource this run must neither adopt nor clean up.
+fn lost_create(e: &LinodeError, kind: &str, label: &str, name: &str) -> Result<bool, String> {
+    if !is_label_taken(e) {
+        return Ok(false);
+    }
+    if e.attempts() > 1 {
+        return Ok(true);
+    }
+    Err(format!(
+        "a {kind} labelled {label:?} appeared after the plan, made by someone else (another \
+         `ai-sandbox deploy {name}` running elsewhere?); this run leaves it alone. See \
+         `ai-sandbox status {name}` ({e})"
+    ))
+}
+
 async fn steps(
     client: &LinodeClient,
     plan: &Plan,
@@ -323,14 +364,17 @@ async fn steps(
     };
 
     let mut progress = Progress::new(&format!("creating Cloud Firewall {}", cfg.firewall_label()));
-    let firewall =
-        match client.create_firewall(&plan.firewall).await {
-            Ok(f) => f,
-            Err(e) if is_label_taken(&e) => adopt_firewall(client, &tag, &cfg.firewall_label())
-                .await
-                .ok_or_else(|| format!("creating the Cloud Firewall failed: {e}"))?,
-            Err(e) => return Err(format!("creating the Cloud Firewall failed: {e}")),
-        };
+    let firewall = match client.create_firewall(&plan.firewall).await {
+        Ok(f) => f,
+        Err(e) => {
+            record(&|c| c.firewall_unsure = e.may_have_created());
+            let adopted = match lost_create(&e, "Cloud Firewall", &cfg.firewall_label(), &cfg.name)? {
+                true => adopt_firewall(client, &tag, &cfg.firewall_label()).await,
+                false => None,
+            };
+            adopted.ok_or_else(|| format!("creating the Cloud Firewall failed: {e}"))?
+        }
+    };
     record(&|c| c.firewall = Some(firewall.clone()));
     progress.println(&format!(
         "Created Cloud Firewall {} ({})",
@@ -342,10 +386,14 @@ async fn steps(
     let body = plan.instance_request(Some(firewall.id), root_pass);
     let instance = match client.create_instance(&body).await {
         Ok(i) => i,
-        Err(e) if is_label_taken(&e) => adopt_instance(client, &tag, cfg.linode_label())
-            .await
-            .ok_or_else(|| format!("creating the instance failed: {e}"))?,
-        Err(e) => return Err(format!("creating the instance failed: {e}")),
+        Err(e) => {
+            record(&|c| c.instance_unsure = e.may_have_created());
+            let adopted = match lost_create(&e, "instance", cfg.linode_label(), &cfg.name)? {
+                true => adopt_instance(client, &tag, cfg.linode_label()).await,
+                false => None,
+            };
+            adopted.ok_or_else(|| format!("creating the instance failed: {e}"))?
+        }
     };
     drop(body);
     record(&|c| c.instance = Some(instance.clone()));

@@ -29,6 +29,9 @@ pub enum CmdError {
     Linode(#[from] LinodeError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// Another deploy or destroy of the same name runs on this machine.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// Deploy failed: the cause plus what was and was not created (and cleaned up).
     #[error("{cause}\n{report}")]
     Deploy { cause: String, report: String },

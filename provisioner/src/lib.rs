@@ -6,6 +6,7 @@
 pub mod cidr;
 pub mod config;
 pub mod linode;
+pub mod paths;
 pub mod phase;
 pub mod render;
 pub mod ssh;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod context;
 pub mod destroy;
 pub mod error;
+pub mod lock;
 pub mod output;
 pub mod plan;
 pub mod remote;

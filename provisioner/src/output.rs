@@ -44,6 +44,23 @@ pub fn ask(question: &str, default: bool) -> Result<bool, CmdError> {
     }
 }
 
+/// [`ask`], where a Ctrl-C while the question waits answers `None` instead. The terminal
+/// read runs on a thread of its own, left behind (blocked in the read) when Ctrl-C wins.
+pub async fn ask_interruptible(question: &str, default: bool) -> Result<Option<bool>, CmdError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let question = question.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(ask(&question, default));
+    });
+    tokio::select! {
+        answer = rx => match answer {
+            Ok(a) => a.map(Some),
+            Err(_) => Ok(Some(default)),
+        },
+        _ = tokio::signal::ctrl_c() => Ok(None),
+    }
+}
+
 /// Progress of a long step: a spinner with elapsed time on a terminal, otherwise one line
 /// per change of message.
 pub struct Progress {

@@ -132,38 +132,12 @@ impl Target {
     }
 }
 
-/// `<config dir>/ai-sandbox/known_hosts.d/<name>`, where the config dir is
-/// `$XDG_CONFIG_HOME` or `$HOME/.config`. One file per deployment, because Linode reuses
-/// IP addresses: a new instance on an old address must not trip over an old key. `destroy`
-/// and `--replace` should delete it. `None` when neither variable is set.
+/// `<config dir>/ai-sandbox/known_hosts.d/<name>` ([`crate::paths`]). One file per
+/// deployment, because Linode reuses IP addresses: a new instance on an old address must not
+/// trip over an old key. `destroy` and `--replace` should delete it. `None` when neither
+/// `$XDG_CONFIG_HOME` nor `$HOME` is set.
 pub fn known_hosts_path(name: &str) -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".config"),
-    };
-    Some(
-        base.join("ai-sandbox")
-            .join("known_hosts.d")
-            .join(file_name(name)),
-    )
-}
-
-/// A deployment name as one safe file name (no separators, no leading dot).
-fn file_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .enumerate()
-        .map(|(i, c)| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
-            '.' if i > 0 => c,
-            _ => '_',
-        })
-        .collect();
-    if s.is_empty() {
-        "_".to_string()
-    } else {
-        s
-    }
+    crate::paths::per_deployment("known_hosts.d", name)
 }
 
 /// Builds the ssh invocation: options, `--`, host, and the remote command if any.

@@ -8,8 +8,6 @@ mod cli_support;
 #[path = "support/fake_linode/mod.rs"]
 mod fake_linode;
 
-use std::time::{Duration, Instant};
-
 use cli_support::{Env, API_IMAGE, CALLER_IP, MODEL};
 use fake_linode::Fault;
 use serde_json::{json, Value};
@@ -294,31 +292,90 @@ fn ctrl_c_during_the_wait_destroys_what_was_created() {
         "--timeout",
         "5m",
     ]);
-    let start = Instant::now();
-    while env
-        .endpoint
-        .health_calls
-        .load(std::sync::atomic::Ordering::SeqCst)
-        < 3
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "deploy never reached the health wait"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    env.wait_for_health_calls(3);
     assert_eq!(env.fake.instance_count(), 1);
+    interrupt(child)
+        .assert_code(2)
+        .assert_contains("interrupted")
+        .assert_contains("Cleaned up:");
+    env.assert_nothing_left();
+    env.assert_no_violations();
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to a spawned `deploy` and returns how it ended.
+fn interrupt(child: std::process::Child) -> cli_support::Run {
     let killed = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let run = cli_support::Run::from(child.wait_with_output().unwrap());
-    run.assert_code(2)
-        .assert_contains("interrupted")
+    cli_support::Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_second_deploy_or_destroy_of_a_running_name_is_refused_on_this_machine() {
+    let env = Env::with_health(u32::MAX);
+    let child = env.spawn(&[
+        "deploy",
+        "-y",
+        "--region",
+        "us-ord",
+        "--api-image",
+        API_IMAGE,
+        "--timeout",
+        "5m",
+    ]);
+    env.wait_for_health_calls(3);
+    let busy = format!("is running on this machine (process {})", child.id());
+    env.deploy(&[]).assert_code(2).assert_contains(&busy);
+    env.run(&["destroy", "-y"])
+        .assert_code(2)
+        .assert_contains(&busy);
+    // Another name is not blocked.
+    env.deploy(&["--name", "other", "--no-wait"])
+        .assert_code(0);
+    assert_eq!(env.fake.instance_count(), 2);
+    assert_eq!(env.fake.firewall_count(), 2);
+    interrupt(child)
+        .assert_code(2)
         .assert_contains("Cleaned up:");
+    // The first run removed only its own deployment; the name is free again.
+    assert_eq!(env.fake.instance_count(), 1);
+    env.run(&["destroy", "-y"])
+        .assert_code(0)
+        .assert_contains("Nothing to destroy");
+    env.run(&["destroy", "other", "-y"]).assert_code(0);
     env.assert_nothing_left();
     env.assert_no_violations();
+}
+
+/// Another deploy of the same name (from another machine: no local lock) creates the
+/// resource at `path` between this run's plan and its create.
+fn rival_creates_first(path: &str) -> Env {
+    let env = Env::new();
+    env.fake.inject("POST", path, Fault::RivalFirst, 1);
+    let run = env.deploy(&[]);
+    run.assert_code(2)
+        .assert_contains("made by someone else")
+        .assert_contains("this run leaves it alone");
+    env.assert_no_violations();
+    env
+}
+
+#[test]
+fn a_rival_firewall_is_neither_adopted_nor_destroyed() {
+    let env = rival_creates_first("/networking/firewalls");
+    assert_eq!(env.fake.firewall_count(), 1, "the rival's firewall stays");
+    assert_eq!(env.fake.instance_count(), 0, "no instance behind a firewall not ours");
+    let posts = env.methods().iter().filter(|m| *m == "POST").count();
+    assert_eq!(posts, 1, "one POST (the firewall's), not retried");
+}
+
+#[test]
+fn a_rival_instance_is_neither_adopted_nor_destroyed() {
+    let env = rival_creates_first("/linode/instances");
+    assert_eq!(env.fake.instance_count(), 1, "the rival's instance stays");
+    assert_eq!(env.fake.firewall_count(), 0, "this run's own firewall is cleaned up");
 }
 
 #[test]

@@ -261,8 +261,10 @@ async fn persistent_server_error_gives_up_with_the_reasons() {
             errors,
             method,
             path,
+            attempts,
         } => {
             assert_eq!(*status, 502);
+            assert_eq!(*attempts, 4, "every attempt of the policy was sent");
             assert_eq!(errors[0].reason, "Internal Server Error (injected)");
             assert_eq!(*method, Method::Get);
             assert_eq!(path, "/linode/types/g2-gpu-rtx4000a1-s");

@@ -1,6 +1,6 @@
 //! The compose stack: golden files for docker-compose.yml, .env and the systemd unit;
-//! `docker-compose config` (Debian's 1.29) and, when the plugin exists, `docker compose
-//! config` accept the file and resolve it to the intended service.
+//! `docker-compose config` (Debian's 1.29) and `docker compose config` (v2, the plugin that
+//! `scripts/test` installs) accept the file and resolve it to the intended service.
 
 mod render_util;
 
@@ -37,11 +37,13 @@ fn project(cfg: &DeployConfig) -> tempfile::TempDir {
 }
 
 fn compose_config(dir: &Path, program: &str, args: &[&str]) -> Value {
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg("config").current_dir(dir);
+    if let Some(cfg) = compose_v2_config().filter(|_| program == "docker") {
+        cmd.env("DOCKER_CONFIG", cfg);
+    }
     let out = run(
-        Command::new(program)
-            .args(args)
-            .arg("config")
-            .current_dir(dir),
+        &mut cmd,
         None,
         "install Debian's docker-compose: apt-get install -y docker-compose",
     );
@@ -53,12 +55,37 @@ fn compose_config(dir: &Path, program: &str, args: &[&str]) -> Value {
     pyyaml_to_json(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Whether `docker compose` (the v2 plugin) can run here.
-fn compose_v2_present() -> bool {
-    Command::new("docker")
+/// The DOCKER_CONFIG directory holding the Compose v2 CLI plugin that `scripts/test` installs
+/// (Debian 12 packages only 1.29); when it is set, the v2 tests must run.
+fn compose_v2_config() -> Option<String> {
+    std::env::var("AI_SANDBOX_COMPOSE_V2_CONFIG")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// `docker compose` (v2) as this machine offers it: the plugin of `scripts/test`, else the
+/// user's own; `None` (test skipped) only when neither exists and scripts/test did not ask.
+fn compose_v2() -> Option<Command> {
+    let mut cmd = Command::new("docker");
+    cmd.arg("compose");
+    let required = compose_v2_config();
+    if let Some(cfg) = &required {
+        cmd.env("DOCKER_CONFIG", cfg);
+    }
+    let present = Command::new("docker")
         .args(["compose", "version"])
+        .envs(required.iter().map(|c| ("DOCKER_CONFIG", c)))
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            required.is_none(),
+            "AI_SANDBOX_COMPOSE_V2_CONFIG={required:?} has no working `docker compose`"
+        );
+        eprintln!("docker compose v2 plugin not installed; skipped (scripts/test installs it)");
+        return None;
+    }
+    Some(cmd)
 }
 
 fn check_resolved(api: &Value, cfg: &DeployConfig, who: &str) {
@@ -117,34 +144,41 @@ fn docker_compose_1_29_accepts_and_resolves_it() {
 }
 
 #[test]
-fn docker_compose_v2_accepts_it_when_present() {
-    if !compose_v2_present() {
-        eprintln!("docker compose v2 plugin not installed; skipped");
+fn docker_compose_v2_accepts_and_resolves_it() {
+    if compose_v2().is_none() {
         return;
     }
     for cfg in [default_config(), tricky_config()] {
         let dir = project(&cfg);
         let doc = compose_config(dir.path(), "docker", &["compose"]);
         check_resolved(&doc["services"]["api"], &cfg, "docker compose");
+        assert_eq!(doc["services"].as_object().unwrap().len(), 1);
     }
 }
 
 #[test]
 fn compose_rejects_a_broken_file() {
-    // Proves the validator validates: a misspelt service key is an error.
+    // Proves the validators validate: a misspelt service key is an error for both.
     let dir = project(&default_config());
     let broken = render_compose(&default_config())
         .unwrap()
         .replace("    restart: ", "    restrat: ");
     std::fs::write(dir.path().join("docker-compose.yml"), broken).unwrap();
-    let out = run(
-        Command::new("docker-compose")
-            .arg("config")
-            .current_dir(dir.path()),
-        None,
-        "apt-get install -y docker-compose",
-    );
-    assert!(!out.status.success(), "{}", text(&out));
+    let mut v1 = Command::new("docker-compose");
+    let mut runners = vec![("docker-compose", &mut v1)];
+    let mut v2 = compose_v2();
+    if let Some(cmd) = v2.as_mut() {
+        runners.push(("docker compose", cmd));
+    }
+    for (who, cmd) in runners {
+        let out = run(
+            cmd.arg("config").current_dir(dir.path()),
+            None,
+            "apt-get install -y docker-compose",
+        );
+        assert!(!out.status.success(), "{who}: {}", text(&out));
+        assert!(text(&out).contains("restrat"), "{who} names the key: {}", text(&out));
+    }
 }
 
 #[test]

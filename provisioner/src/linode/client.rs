@@ -284,6 +284,7 @@ impl LinodeClient {
                         errors,
                         method: req.method,
                         path: req.path.clone(),
+                        attempts: attempt,
                     })
                 }
             }

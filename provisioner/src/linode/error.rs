@@ -46,6 +46,8 @@ pub enum LinodeError {
         errors: Vec<ApiErrorDetail>,
         method: Method,
         path: String,
+        /// How many times the request was sent (retries included); this answer is the last.
+        attempts: u32,
     },
     /// The request never got an HTTP answer (DNS, connect, TLS, timeout, reset).
     #[error("could not reach the Linode API for {method} {path}: {source}")]
@@ -97,6 +99,29 @@ impl LinodeError {
         self.status() == Some(404)
     }
 
+    /// How many times the request was sent before this error (1 for errors that are not
+    /// API answers).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            LinodeError::Api { attempts, .. } => *attempts,
+            _ => 1,
+        }
+    }
+
+    /// Whether a failed POST may still have created its resource: its answer was lost
+    /// (transport error after sending, a 5xx whose work may have committed), or an earlier
+    /// attempt of it got no definite answer before this one was retried.
+    pub fn may_have_created(&self) -> bool {
+        match self {
+            LinodeError::Api {
+                status, attempts, ..
+            } => *attempts > 1 || *status >= 500,
+            LinodeError::Transport { source, .. } => !source.is_connect(),
+            LinodeError::Decode { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Linode's `errors[]` for API errors, empty otherwise.
     pub fn details(&self) -> &[ApiErrorDetail] {
         match self {
@@ -137,6 +162,7 @@ mod tests {
             ],
             method: Method::Post,
             path: "/linode/instances".into(),
+            attempts: 1,
         };
         assert_eq!(
             err.to_string(),

@@ -203,6 +203,20 @@ impl Env {
         assert!(v.is_empty(), "spec violations: {v:#?}");
     }
 
+    /// Waits (at most a minute) until the instance's `/health` was asked `n` times: the
+    /// deploy under test is in its health wait, with everything created.
+    #[track_caller]
+    pub fn wait_for_health_calls(&self, n: u32) {
+        let start = std::time::Instant::now();
+        while self.endpoint.health_calls.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "deploy never reached the health wait"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn assert_nothing_left(&self) {
         assert_eq!(self.fake.instance_count(), 0, "instances left behind");
         assert_eq!(self.fake.firewall_count(), 0, "firewalls left behind");

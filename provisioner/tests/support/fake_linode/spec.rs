@@ -128,7 +128,7 @@ pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
 /// Standard-alphabet, padded base64 with no whitespace or line breaks.
 pub fn is_strict_base64(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return false;
     }
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();

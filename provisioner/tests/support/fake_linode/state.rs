@@ -50,6 +50,10 @@ pub enum Fault {
     /// timeout): the client cannot know the change was made. If the request itself fails,
     /// its own answer is returned.
     CommitThenStatus(u16),
+    /// Another client sends the same request just before this one (a second deploy of the
+    /// same name racing this one); this request then proceeds as usual and meets the result
+    /// (e.g. "Label must be unique").
+    RivalFirst,
 }
 
 #[derive(Clone, Debug)]
@@ -347,7 +351,11 @@ impl State {
                 return error(400, None, &reason);
             }
         };
-        if let Some(fault) = self.take_fault(method, rel) {
+        let fault = self.take_fault(method, rel);
+        if let Some(Fault::RivalFirst) = fault {
+            let rival = self.dispatch(method, rel, body.as_ref());
+            assert!((200..300).contains(&rival.status), "the rival's request failed: {rival:?}");
+        } else if let Some(fault) = fault {
             if matches!(fault, Fault::CommitThenStatus(_)) {
                 let done = self.dispatch(method, rel, body.as_ref());
                 if !(200..300).contains(&done.status) {
@@ -567,6 +575,7 @@ fn fault_reply(fault: Fault) -> Reply {
             None,
             "Internal Server Error (injected after the change was made)",
         ),
+        Fault::RivalFirst => unreachable!("RivalFirst is not an answer"),
     }
 }
 
