@@ -282,16 +282,7 @@ fn health_timeout_cleans_up_or_keeps_on_request() {
 #[test]
 fn ctrl_c_during_the_wait_destroys_what_was_created() {
     let env = Env::with_health(u32::MAX);
-    let child = env.spawn(&[
-        "deploy",
-        "-y",
-        "--region",
-        "us-ord",
-        "--api-image",
-        API_IMAGE,
-        "--timeout",
-        "5m",
-    ]);
+    let child = env.spawn_deploy();
     env.wait_for_health_calls(3);
     assert_eq!(env.fake.instance_count(), 1);
     interrupt(child)
@@ -315,16 +306,7 @@ fn interrupt(child: std::process::Child) -> cli_support::Run {
 #[test]
 fn a_second_deploy_or_destroy_of_a_running_name_is_refused_on_this_machine() {
     let env = Env::with_health(u32::MAX);
-    let child = env.spawn(&[
-        "deploy",
-        "-y",
-        "--region",
-        "us-ord",
-        "--api-image",
-        API_IMAGE,
-        "--timeout",
-        "5m",
-    ]);
+    let child = env.spawn_deploy();
     env.wait_for_health_calls(3);
     let busy = format!("is running on this machine (process {})", child.id());
     env.deploy(&[]).assert_code(2).assert_contains(&busy);

@@ -184,16 +184,7 @@ impl Lines {
 fn deploy_shows_the_phases_from_the_deploy_log_while_health_says_503() {
     let host = Host::start();
     let env = env_with_health(&host, u32::MAX);
-    let mut child = env.spawn(&[
-        "deploy",
-        "-y",
-        "--region",
-        "us-ord",
-        "--api-image",
-        API_IMAGE,
-        "--timeout",
-        "5m",
-    ]);
+    let mut child = env.spawn_deploy();
     let mut lines = Lines::of(&mut child);
     // No log yet: the CLI's own first phase.
     lines.wait_for("setting up (booting); ");

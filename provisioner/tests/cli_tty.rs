@@ -9,7 +9,7 @@ mod cli_support;
 mod fake_linode;
 
 use std::process::Stdio;
-use cli_support::{Env, API_IMAGE};
+use cli_support::{deploy_args, Env};
 use rexpect::session::{spawn_command, PtySession};
 
 const QUESTION: &str = "Interrupted. Destroy what this run created (it is billed until destroyed)? [Y/n]";
@@ -17,16 +17,7 @@ const QUESTION: &str = "Interrupted. Destroy what this run created (it is billed
 /// `deploy` on a terminal, stopped with Ctrl-C once it waits for health; returns at the
 /// question.
 fn interrupted_deploy(env: &Env) -> PtySession {
-    let mut cmd = env.cmd(&[
-        "deploy",
-        "-y",
-        "--region",
-        "us-ord",
-        "--api-image",
-        API_IMAGE,
-        "--timeout",
-        "5m",
-    ]);
+    let mut cmd = env.cmd(&deploy_args(&["--timeout", "5m"]));
     cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

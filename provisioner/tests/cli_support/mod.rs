@@ -168,16 +168,12 @@ impl Env {
 
     /// `deploy -y` with a prebuilt image in us-ord, plus `extra`.
     pub fn deploy(&self, extra: &[&str]) -> Run {
-        let mut args = vec![
-            "deploy",
-            "-y",
-            "--region",
-            "us-ord",
-            "--api-image",
-            API_IMAGE,
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        self.run(&deploy_args(extra))
+    }
+
+    /// [`Env::deploy`] with a 5-minute health timeout, started and not waited for.
+    pub fn spawn_deploy(&self) -> Child {
+        self.spawn(&deploy_args(&["--timeout", "5m"]))
     }
 
     /// Methods of every request the fake received.
@@ -221,6 +217,13 @@ impl Env {
         assert_eq!(self.fake.instance_count(), 0, "instances left behind");
         assert_eq!(self.fake.firewall_count(), 0, "firewalls left behind");
     }
+}
+
+/// The arguments of `deploy -y` with a prebuilt image in us-ord, plus `extra`.
+pub fn deploy_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["deploy", "-y", "--region", "us-ord", "--api-image", API_IMAGE];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// A finished run.
