@@ -1,4 +1,6 @@
-//! AVX2 + FMA + F16C kernel for Q4_1 x Q8_1 dot products (see `q4_1.rs` for the semantics).
+//! The previous AVX2 + FMA + F16C kernel for Q4_1 x Q8_1 dot products (`q4_1.rs` has the
+//! semantics), run only with `AI_SANDBOX_KERNEL=avx2-v1` (A/B runs) and by its tests: the
+//! default is `avx2_lanes.rs`.
 //! Per block: the 16 nibble bytes expand to 32 unsigned bytes (low nibbles then high, matching
 //! the activation order), `maddubs` multiplies them with the 32 signed activation quants into
 //! 16 i16 sums (at most 2*15*127, no saturation), `madd` with ones widens to 8 i32, and one FMA

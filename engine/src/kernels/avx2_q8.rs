@@ -1,4 +1,5 @@
-//! AVX2 + FMA + F16C kernels for Q8_0 and Q4_0 weights x Q8_0 activations (semantics in
+//! The previous AVX2 kernels (`AI_SANDBOX_KERNEL=avx2-v1` and tests only; the default is
+//! `avx2_lanes.rs`) for Q8_0 and Q4_0 weights x Q8_0 activations (semantics in
 //! `q8_0.rs` and `q4_0.rs`). Per block a weight row's 32 values become 32 signed bytes (Q8_0:
 //! loaded as they are; Q4_0: nibbles expanded, low then high, minus 8). The signed x signed
 //! product uses the sign trick: `maddubs(|w|, sign(x, w))` multiplies u8 x i8 pairs into 16

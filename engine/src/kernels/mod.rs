@@ -10,8 +10,14 @@
 //! Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar), made once at
 //! run time with `is_x86_feature_detected!` and overridable with the `AI_SANDBOX_KERNEL`
 //! environment variable (`scalar`, `avx2`, `avx512`; `candle` keeps candle's kernels for every
-//! type, see `model/weights.rs`) for tests and benchmarks. All `unsafe` code of the crate's
-//! kernels lives in the per-ISA modules (`avx2*.rs`, `avx512.rs`).
+//! type, see `model/weights.rs`; `avx2-v1` the previous AVX2 tiles for Q4_1/Q8_0/Q4_0 and the
+//! scalar activation quantizer, for A/B runs) for tests and benchmarks. All `unsafe` code of
+//! the crate's kernels lives in the per-ISA modules (`avx2*.rs`, `avx512.rs`).
+//!
+//! Q4_1, Q8_0 and Q4_0 run on AVX2 in `avx2_lanes.rs` (one (row, token) pair per vector lane,
+//! bit-identical to the scalar references; activations re-laid out by `interleave.rs`,
+//! quantized by `avx2_quant.rs`); `avx2.rs` and `avx2_q8.rs` hold the previous tiles
+//! (`avx2-v1`).
 //!
 //! Only Q4_1 has an AVX-512 path: `Avx512` runs the other formats' AVX2 kernels.
 //!
@@ -25,6 +31,8 @@ mod avx2;
 mod avx2_dense;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_lanes;
 // Q4_K is tested but not wired into the model (see `q4_k.rs`): dead outside the tests.
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(not(test), allow(dead_code))]
@@ -33,9 +41,14 @@ mod avx2_q4k;
 mod avx2_q6k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q8;
+#[cfg(target_arch = "x86_64")]
+mod avx2_quant;
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512;
 mod dense;
+// Read only by the x86-64 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod interleave;
 mod matrix;
 mod q4_0;
 mod q4_1;
@@ -100,6 +113,14 @@ impl Isa {
     }
 }
 
+/// Whether `AI_SANDBOX_KERNEL=avx2-v1` asks for the previous AVX2 tiles of Q4_1, Q8_0 and Q4_0
+/// (one float accumulator per (row, token) pair: `avx2.rs`, `avx2_q8.rs`) instead of
+/// `avx2_lanes.rs`, for A/B benchmarks. Their results differ in the last bits. Decided once.
+pub(crate) fn avx2_v1() -> bool {
+    static V1: OnceLock<bool> = OnceLock::new();
+    *V1.get_or_init(|| std::env::var("AI_SANDBOX_KERNEL").is_ok_and(|v| v == "avx2-v1"))
+}
+
 /// The instruction set the model's kernels use: `AI_SANDBOX_KERNEL` (`scalar`, `avx2`,
 /// `avx512`) when set and available on this CPU, else the best one available. Decided once.
 pub(crate) fn isa() -> Isa {
@@ -107,7 +128,7 @@ pub(crate) fn isa() -> Isa {
     *ISA.get_or_init(|| {
         let wanted = match std::env::var("AI_SANDBOX_KERNEL").as_deref() {
             Ok("scalar") => Some(Isa::Scalar),
-            Ok("avx2") => Some(Isa::Avx2),
+            Ok("avx2" | "avx2-v1") => Some(Isa::Avx2),
             Ok("avx512") => Some(Isa::Avx512),
             _ => None,
         };

@@ -3,7 +3,8 @@
 //! (low nibbles are elements 0..16, high nibbles 16..32), each value `(q - 8) * d`, and
 //! `dot = sum over blocks of (d_w*d_x) * sum((q_w - 8)*q_x)`.
 //!
-//! This file holds the scalar reference; the SIMD paths are in `avx2_q8.rs`.
+//! This file holds the scalar reference; the SIMD paths are in `avx2_lanes.rs` (and the
+//! previous ones, `AI_SANDBOX_KERNEL=avx2-v1`, in `avx2_q8.rs`).
 
 use super::matrix::{Format, QuantMatrix, QK};
 use super::q8_0::{quantize_q8_0, scalar_dots, Q8_0Rows};
@@ -44,7 +45,9 @@ impl Format for Q4_0 {
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => super::avx2_q8::dots_q4_0(w, a, yt),
+            Isa::Avx2 | Isa::Avx512 if super::avx2_v1() => super::avx2_q8::dots_q4_0(w, a, yt),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => super::avx2_lanes::dots_q4_0(w, a, yt),
             _ => dots_scalar(w, a, yt),
         }
     }

@@ -6,7 +6,8 @@
 //! elements 0..16, high nibbles 16..32), borrowed from candle's `QTensor`, never requantized.
 //!
 //! The matmul itself (tiles of output rows on the rayon pool) is `matrix.rs`'s; within a tile
-//! each weight row is read once for all L tokens.
+//! each weight row is read once for all L tokens. The AVX2 path is `avx2_lanes.rs` (the previous
+//! one, `AI_SANDBOX_KERNEL=avx2-v1`, is `avx2.rs`); activations quantize with `avx2_quant.rs`.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -35,6 +36,8 @@ pub(crate) struct Q8_1Rows {
     pub d: Vec<f32>,
     /// `l * nb` values of `d * sum(q)`.
     pub s: Vec<f32>,
+    /// The same activations laid out for `avx2_lanes.rs`, built on first use.
+    pub lanes: std::sync::OnceLock<super::interleave::Interleaved>,
 }
 
 /// Quantizes `l` rows of `nb*32` floats to Q8_1 (`quantize_row_q8_1_ref` semantics).
@@ -44,6 +47,7 @@ pub(crate) fn quantize_q8_1(x: &[f32], l: usize, nb: usize) -> Q8_1Rows {
         l,
         nb,
         qs: vec![0; n * QK],
+        lanes: std::sync::OnceLock::new(),
         d: vec![0.0; n],
         s: vec![0.0; n],
     };
@@ -53,15 +57,7 @@ pub(crate) fn quantize_q8_1(x: &[f32], l: usize, nb: usize) -> Q8_1Rows {
         .enumerate()
         .take(n)
     {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in qb.iter_mut().zip(xb) {
-            // `as` saturates (and maps NaN to 0): |v*id| <= 127 for finite input anyway.
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
+        let (d, sum) = super::q8_0::quantize_block(xb, qb);
         out.d[i] = f16::from_f32(d).to_f32();
         out.s[i] = f16::from_f32(sum as f32 * d).to_f32();
     }
@@ -116,7 +112,10 @@ impl Format for Q4_1 {
         }
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx2 {
-            return super::avx2::dots(w, a, yt);
+            if super::avx2_v1() {
+                return super::avx2::dots(w, a, yt);
+            }
+            return super::avx2_lanes::dots_q4_1(w, a, yt);
         }
         for (y, wr) in yt
             .chunks_exact_mut(a.l)

@@ -4,7 +4,8 @@
 //! `dot = sum over blocks of (d_w*d_x) * sum(q_w*q_x)`. Weight blocks are 34 bytes: f16 `d`,
 //! then 32 signed quants. Q4_0 weights (`q4_0.rs`) use the same activations.
 //!
-//! This file holds the scalar reference; the SIMD paths are in `avx2_q8.rs`.
+//! This file holds the scalar reference; the SIMD paths are in `avx2_lanes.rs` (and the
+//! previous ones, `AI_SANDBOX_KERNEL=avx2-v1`, in `avx2_q8.rs`).
 
 use half::f16;
 
@@ -29,6 +30,8 @@ pub(crate) struct Q8_0Rows {
     pub qs: Vec<i8>,
     /// `l * nb` block scales.
     pub d: Vec<f32>,
+    /// The same activations laid out for `avx2_lanes.rs`, built on first use.
+    pub lanes: std::sync::OnceLock<super::interleave::Interleaved>,
 }
 
 /// Quantizes `l` rows of `nb*32` floats to Q8_0 (`quantize_row_q8_0_ref` semantics: the
@@ -39,6 +42,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], l: usize, nb: usize) -> Q8_0Rows {
         l,
         nb,
         qs: vec![0; n * QK],
+        lanes: std::sync::OnceLock::new(),
         d: vec![0.0; n],
     };
     for ((xb, qb), d_out) in x
@@ -46,16 +50,36 @@ pub(crate) fn quantize_q8_0(x: &[f32], l: usize, nb: usize) -> Q8_0Rows {
         .zip(out.qs.chunks_exact_mut(QK))
         .zip(out.d.iter_mut())
     {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (q, v) in qb.iter_mut().zip(xb) {
-            // `as` saturates (and maps NaN to 0): |v*id| <= 127 for finite input anyway.
-            *q = (v * id).round() as i8;
-        }
+        let (d, _) = quantize_block(xb, qb);
         *d_out = f16::from_f32(d).to_f32();
     }
     out
+}
+
+/// One block of 32 activations: `qb[j] = round(xb[j] / d)` with `d = amax / 127` (f32, before
+/// the f16 rounding); returns `(d, sum of qb)`. Runs the AVX2 copy (`avx2_quant.rs`, the same
+/// bits) unless `AI_SANDBOX_KERNEL` is `scalar` or `avx2-v1` (the previous AVX2 path entirely,
+/// for A/B runs) or the CPU lacks AVX2.
+pub(crate) fn quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa() != Isa::Scalar && !super::avx2_v1() && Isa::Avx2.available() {
+        return super::avx2_quant::quantize_block(xb, qb);
+    }
+    quantize_block_scalar(xb, qb)
+}
+
+/// The scalar reference of [`quantize_block`].
+pub(crate) fn quantize_block_scalar(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in qb.iter_mut().zip(xb) {
+        // `as` saturates (and maps NaN to 0): |v*id| <= 127 for finite input anyway.
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
 }
 
 /// The f16 scale at the start of a block, as f32.
@@ -112,7 +136,9 @@ impl Format for Q8_0 {
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => super::avx2_q8::dots_q8_0(w, a, yt),
+            Isa::Avx2 | Isa::Avx512 if super::avx2_v1() => super::avx2_q8::dots_q8_0(w, a, yt),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => super::avx2_lanes::dots_q8_0(w, a, yt),
             _ => dots_scalar(w, a, yt),
         }
     }

@@ -1,0 +1,543 @@
+//! AVX2 + FMA + F16C kernels for Q4_1 x Q8_1 and Q8_0/Q4_0 x Q8_0 that keep one
+//! (weight row, token) pair per i32/f32 lane (semantics in `q4_1.rs`, `q8_0.rs`, `q4_0.rs`).
+//!
+//! Each pair's exact integer block sum lands in its own lane, and the scaling runs once per 8
+//! pairs: `acc += cvt(sum) * (d_w*d_x) (+ m_w*s_x for Q4_1)`, the scalar reference's arithmetic
+//! operation for operation (`q4_1::row_dots_scalar`, `q8_0::scalar_dots`), so every lane equals
+//! the scalar result bit for bit, whatever tile it ran in: the batch invariant of `matrix.rs`
+//! holds by construction and the tests compare bits with scalar.
+//!
+//! Tiles, by how the integer sums reach their lanes:
+//! - 2 rows x 8 tokens: the activations interleaved per group of 4 values (`interleave.rs`),
+//!   a weight group broadcast to 8 dwords (a load, not a shuffle), `maddubs` per group; Q4_1
+//!   sums the 8 groups in i16 (at most 16*15*127) and widens once, Q8_0/Q4_0
+//!   (`maddubs(|w|, sign(x, w))`) widen each. No shuffles at all; each activation load serves
+//!   both rows.
+//! - 2 rows x 4 tokens (4 to 7 tokens left): the same with the two rows' groups interleaved
+//!   dword by dword and each token's group twice; lanes (row, token) = (0,A) (1,A) (0,B) ...
+//! - 8 rows x 1 token (single tokens, the last 1-3): per row `maddubs` + `madd`, then a
+//!   blend/shuffle tree packs the 8 rows' sums into one vector (`hadd` would cost two shuffles
+//!   and run at one per two cycles on Zen 3); the next 8 rows are prefetched.
+//!
+//! Rows go in blocks of 8 (so their weights stay in L1 for every token tile); a block's rows
+//! past the matrix's end repeat its last row (computed, not written), so any row count works.
+
+use std::arch::x86_64::*;
+
+use super::interleave::Interleaved;
+use super::matrix::QK;
+use super::q4_1::Q8_1Rows;
+use super::q8_0::Q8_0Rows;
+use super::{q4_0, q4_1, q8_0};
+
+/// Weight formats this module runs (const generic `K` of the kernels).
+const Q4_1: u8 = 0;
+const Q8_0: u8 = 1;
+const Q4_0: u8 = 2;
+
+/// Bytes of one weight block of format `K`.
+const fn block_bytes(k: u8) -> usize {
+    match k {
+        Q4_1 => q4_1::BLOCK_BYTES,
+        Q8_0 => q8_0::BLOCK_BYTES,
+        _ => q4_0::BLOCK_BYTES,
+    }
+}
+
+/// What the tiles read: the row-major quants (8x1 tiles) and the interleaved layout.
+struct Acts<'a> {
+    l: usize,
+    nb: usize,
+    qs: &'a [i8],
+    il: &'a Interleaved,
+}
+
+/// `yt[i*l + t]` = dot of Q4_1 weight row `i` of `w` with token `t` of `a`. Caller guarantees
+/// AVX2, FMA and F16C are available (`Isa::Avx2.available()`).
+pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
+    let il = a
+        .lanes
+        .get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &a.s));
+    let acts = Acts {
+        l: a.l,
+        nb: a.nb,
+        qs: &a.qs,
+        il,
+    };
+    dots::<Q4_1>(w, &acts, yt)
+}
+
+/// As [`dots_q4_1`] for Q8_0 weights and Q8_0 activations.
+pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
+    dots::<Q8_0>(w, &q8_acts(a), yt)
+}
+
+/// As [`dots_q4_1`] for Q4_0 weights and Q8_0 activations.
+pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
+    dots::<Q4_0>(w, &q8_acts(a), yt)
+}
+
+fn q8_acts(a: &Q8_0Rows) -> Acts<'_> {
+    let il = a
+        .lanes
+        .get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]));
+    Acts {
+        l: a.l,
+        nb: a.nb,
+        qs: &a.qs,
+        il,
+    }
+}
+
+/// Rows in blocks of 8 (their weights stay in L1 for every token tile), each against the
+/// groups of 8 tokens, then the group of 4, then the last 1-3 tokens one by one.
+fn dots<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+    let (nb, l, il) = (a.nb, a.l, a.il);
+    if l == 0 || yt.is_empty() {
+        return;
+    }
+    let rows = yt.len() / l;
+    let row_bytes = nb * block_bytes(K);
+    // These checks make every pointer access of the tiles in bounds.
+    assert!(yt.len() == rows * l && w.len() >= rows * row_bytes);
+    assert!(a.qs.len() >= l * nb * QK && il.d.len() >= l * nb);
+    assert!(K != Q4_1 || il.s.len() >= l * nb);
+    assert!(il.l8 + 4 * usize::from(il.has4) <= l && il.x8.len() >= il.l8 * nb * QK);
+    assert!(!il.has4 || il.x4.len() >= 8 * nb * QK);
+    let row = |r: usize| w[r.min(rows - 1) * row_bytes..].as_ptr();
+    // SAFETY (every tile call): the caller checked the CPU features (the only precondition of
+    // a `target_feature` fn); rows are clamped to the matrix and tokens stay below l, so every
+    // access lies within the slices asserted above.
+    for r0 in (0..rows).step_by(8) {
+        let r1 = (r0 + 8).min(rows);
+        for g in 0..il.l8 / 8 {
+            for r in (r0..r1).step_by(2) {
+                let next = (g == 0 && r + 8 < rows).then(|| [row(r + 8), row(r + 9)]);
+                let y = unsafe { tile8::<K>([row(r), row(r + 1)], a, g, next) };
+                for (i, yi) in y.iter().enumerate().take(r1 - r) {
+                    yt[(r + i) * l + 8 * g..(r + i) * l + 8 * g + 8].copy_from_slice(yi);
+                }
+            }
+        }
+        let mut t = il.l8;
+        if il.has4 {
+            for r in (r0..r1).step_by(2) {
+                let next = (r + 2 < rows).then(|| row(r + 2));
+                let y = unsafe { tile4::<K>([row(r), row(r + 1)], a, next) };
+                for (i, yi) in y.iter().enumerate().take(r1 - r) {
+                    yt[(r + i) * l + t..(r + i) * l + t + 4].copy_from_slice(yi);
+                }
+            }
+            t += 4;
+        }
+        let next = (r1 < rows).then(|| row(r1));
+        while t < l {
+            let y = unsafe { tile1::<K>(std::array::from_fn(|i| row(r0 + i)), a, t, next) };
+            for (r, v) in (r0..r1).zip(y) {
+                yt[r * l + t] = v;
+            }
+            t += 1;
+        }
+    }
+}
+
+/// Bytes on the stack, aligned for vector stores.
+#[repr(C, align(32))]
+struct Buf([u8; 64]);
+
+/// 16 nibble bytes expanded to 32 bytes: low nibbles, then high nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles(n: __m128i) -> __m256i {
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(n, 4), n),
+        _mm256_set1_epi8(0x0F),
+    )
+}
+
+/// One weight block at `p` as (its first 4 bytes: `d_w`, then `m_w` for Q4_1; the unsigned
+/// operand of `maddubs`; the signed weights for Q8_0/Q4_0). Q4_1's nibbles expand low then high,
+/// matching the activations' order; Q8_0/Q4_0 multiply `|w|` by `sign(x, w)`.
+/// Safety: AVX2 available and the block's bytes readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_block<const K: u8>(p: *const u8) -> (i32, __m256i, __m256i) {
+    // SAFETY: unaligned reads inside the block (caller's precondition; every block is at
+    // least 18 bytes); GGUF blocks are only 2-byte aligned.
+    unsafe {
+        let hdr = std::ptr::read_unaligned(p as *const i32);
+        match K {
+            Q4_1 => {
+                let q = nibbles(_mm_loadu_si128(p.add(4) as *const __m128i));
+                (hdr, q, q)
+            }
+            Q8_0 => {
+                let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                (hdr, _mm256_abs_epi8(q), q)
+            }
+            _ => {
+                let n = nibbles(_mm_loadu_si128(p.add(2) as *const __m128i));
+                let q = _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+                (hdr, _mm256_abs_epi8(q), q)
+            }
+        }
+    }
+}
+
+/// A block's integer dot of one weight block (`load_block`'s operands) with 32 activation
+/// quants, as 8 i32 lanes to be summed: `maddubs` (u8 x i8 pairs into i16: at most 2*15*127 for
+/// Q4_1, 2*128*127 for the sign trick, never saturating) then `madd` with ones.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn block_dot<const K: u8>(wu: __m256i, ws: __m256i, x: __m256i) -> __m256i {
+    let x = if K == Q4_1 {
+        x
+    } else {
+        _mm256_sign_epi8(x, ws)
+    };
+    _mm256_madd_epi16(_mm256_maddubs_epi16(wu, x), _mm256_set1_epi16(1))
+}
+
+/// Lane `p` of the result = the sum of the 8 i32 lanes of `m[p]`. Blends (any vector pipe) and
+/// one in-lane shuffle per step: `hadd` costs two shuffles and runs at one per two cycles on
+/// Zen 3, which made it the bottleneck.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce8(m: &[__m256i; 8]) -> __m256i {
+    // [a0+a1, b0+b1, a2+a3, b2+b3 | same for lanes 4-7]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step1(a: __m256i, b: __m256i) -> __m256i {
+        let t = _mm256_blend_epi32::<0xAA>(a, b);
+        let u = _mm256_shuffle_epi32::<0xB1>(_mm256_blend_epi32::<0xAA>(b, a));
+        _mm256_add_epi32(t, u)
+    }
+    // From two step1 results: [a, b, c, d] per 128-bit half (sums of its lanes).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step2(ab: __m256i, cd: __m256i) -> __m256i {
+        let t = _mm256_blend_epi32::<0xCC>(ab, cd);
+        let u = _mm256_shuffle_epi32::<0x4E>(_mm256_blend_epi32::<0xCC>(cd, ab));
+        _mm256_add_epi32(t, u)
+    }
+    let lo = step2(step1(m[0], m[1]), step1(m[2], m[3]));
+    let hi = step2(step1(m[4], m[5]), step1(m[6], m[7]));
+    // [m0..m3 low halves | m4..m7 high halves] + [m0..m3 high halves | m4..m7 low halves].
+    _mm256_add_epi32(
+        _mm256_blend_epi32::<0xF0>(lo, hi),
+        _mm256_permute2x128_si256::<0x21>(lo, hi),
+    )
+}
+
+/// Q4_1 only (`maddubs` lanes within +-2*15*127, so 8 of them fit in an i16): lane `p` of the
+/// result = the sum of the 16 i16 lanes of `m[p]`, one `madd` for all 8 (instead of one each).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce8_i16(m: &[__m256i; 8]) -> __m256i {
+    // Per half, i16 couples (a_k, b_k), k = 0..3, each a sum of two of the half's lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step1(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi16(_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b))
+    }
+    // Couples of two step1 results: [(a,b), (c,d), (a,b), (c,d)], each a sum of 4 lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step2(ab: __m256i, cd: __m256i) -> __m256i {
+        let t = _mm256_blend_epi32::<0xAA>(ab, cd);
+        let u = _mm256_shuffle_epi32::<0xB1>(_mm256_blend_epi32::<0xAA>(cd, ab));
+        _mm256_add_epi16(t, u)
+    }
+    // [a, b, c, d, e, f, g, h] per half (i16, at most 8*3810 in magnitude).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step3(abcd: __m256i, efgh: __m256i) -> __m256i {
+        let t = _mm256_blend_epi32::<0xCC>(abcd, efgh);
+        let u = _mm256_shuffle_epi32::<0x4E>(_mm256_blend_epi32::<0xCC>(efgh, abcd));
+        _mm256_add_epi16(t, u)
+    }
+    let z = step3(
+        step2(step1(m[0], m[1]), step1(m[2], m[3])),
+        step2(step1(m[4], m[5]), step1(m[6], m[7])),
+    );
+    // [a..d low, a..d high | e..h low, e..h high], then each pair's low and high side by side,
+    // and `madd` sums them into i32.
+    let z = _mm256_permute4x64_epi64::<0b11_01_10_00>(z);
+    let pair = _mm256_setr_epi8(
+        0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, //
+        0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
+    );
+    _mm256_madd_epi16(_mm256_shuffle_epi8(z, pair), _mm256_set1_epi16(1))
+}
+
+/// A block header's `[d_w, m_w (Q4_1; else garbage), 0, 0]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn header(hdr: i32) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(hdr))
+}
+
+/// The `Q` (4 or 8) bytes at `p` repeated over 32. Safety: AVX available, `p..p+Q` readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bcast<const Q: usize>(p: *const u8) -> __m256i {
+    // SAFETY: caller's precondition; unaligned reads.
+    unsafe {
+        if Q == 4 {
+            _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+        } else {
+            _mm256_set1_epi64x(std::ptr::read_unaligned(p as *const i64))
+        }
+    }
+}
+
+/// The integer block sums of 8 pairs for each of `R` weight sources, from 8 products of a
+/// weight group broadcast (`Q` = 4 bytes, or 8 for two rows' groups side by side; group `k` at
+/// `k*Q`) with the interleaved activation vector `k` at `xb` (loaded once for the `R`):
+/// `wu[i]` holds the unsigned operand (Q4_1's nibbles, else `|w|`), `ws[i]` the signed weights
+/// (Q8_0/Q4_0). Safety: AVX2 available, `wu`/`ws` `8*Q` bytes each and `xb..xb+256` readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn group_sums<const K: u8, const Q: usize, const R: usize>(
+    wu: [*const u8; R],
+    ws: [*const u8; R],
+    xb: *const i8,
+) -> [__m256i; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [_mm256_setzero_si256(); R];
+    for k in 0..8 {
+        // SAFETY: caller's precondition; unaligned reads.
+        unsafe {
+            let x = _mm256_loadu_si256(xb.add(32 * k) as *const __m256i);
+            for i in 0..R {
+                let w = bcast::<Q>(wu[i].add(k * Q));
+                sums[i] = if K == Q4_1 {
+                    // At most 16*15*127 per i16 lane after the 8 groups: no overflow.
+                    _mm256_add_epi16(sums[i], _mm256_maddubs_epi16(w, x))
+                } else {
+                    let sgn = bcast::<Q>(ws[i].add(k * Q));
+                    _mm256_add_epi32(sums[i], block_dot::<K>(w, sgn, x))
+                };
+            }
+        }
+    }
+    if K == Q4_1 {
+        for s in &mut sums {
+            *s = _mm256_madd_epi16(*s, ones);
+        }
+    }
+    sums
+}
+
+/// Two weight rows (`a.nb` blocks at each `wp[i]`) against tokens `8g..8g+8` (interleaved group
+/// `g`): `[row][token]`; prefetches `next` (the rows 8 further on) as it goes.
+/// Safety: AVX2/FMA/F16C available, the rows readable, group `g` within `a.il.x8` (checked by
+/// `dots`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile8<const K: u8>(
+    wp: [*const u8; 2],
+    a: &Acts,
+    g: usize,
+    next: Option<[*const u8; 2]>,
+) -> [[f32; 8]; 2] {
+    let (nb, l, bb) = (a.nb, a.l, block_bytes(K));
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut wu = [Buf([0u8; 64]), Buf([0u8; 64])];
+    let mut ws = [Buf([0u8; 64]), Buf([0u8; 64])];
+    // SAFETY (pointer offsets and reads): within the slices checked by `dots`.
+    unsafe {
+        let xg = a.il.x8.as_ptr().add(g * nb * 8 * QK);
+        let (dp, sp) = (
+            a.il.d.as_ptr().add(8 * g),
+            a.il.s.as_ptr().wrapping_add(8 * g),
+        );
+        for b in 0..nb {
+            let mut hdr = [0i32; 2];
+            let mut sgn = [std::ptr::null(); 2];
+            for i in 0..2 {
+                if let Some(n) = next {
+                    // A hint only: it never faults; `wrapping_add` keeps the address defined.
+                    _mm_prefetch::<_MM_HINT_T0>(n[i].wrapping_add(b * bb) as *const i8);
+                }
+                let p = wp[i].add(b * bb);
+                let (h, u, s) = load_block::<K>(p);
+                hdr[i] = h;
+                _mm256_store_si256(wu[i].0.as_mut_ptr() as *mut __m256i, u);
+                if K == Q4_0 {
+                    _mm256_store_si256(ws[i].0.as_mut_ptr() as *mut __m256i, s);
+                }
+                sgn[i] = if K == Q8_0 {
+                    p.add(2)
+                } else {
+                    ws[i].0.as_ptr()
+                };
+            }
+            // Broadcast from memory (a load port), not by shuffles of the registers.
+            std::hint::black_box((&mut wu, &mut ws));
+            let wup = [wu[0].0.as_ptr(), wu[1].0.as_ptr()];
+            let sums = group_sums::<K, 4, 2>(wup, sgn, xg.add(b * 8 * QK));
+            let dx = _mm256_loadu_ps(dp.add(b * l));
+            let sx = if K == Q4_1 {
+                _mm256_loadu_ps(sp.add(b * l))
+            } else {
+                dx
+            };
+            for i in 0..2 {
+                // The scalar reference's `sumi as f32 * (d_w * d_x) [+ m_w * s_x]`, then `+=`.
+                let f = header(hdr[i]);
+                let mut v = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(sums[i]),
+                    _mm256_mul_ps(_mm256_broadcastss_ps(f), dx),
+                );
+                if K == Q4_1 {
+                    let mw = _mm256_broadcastss_ps(_mm_movehdup_ps(f));
+                    v = _mm256_add_ps(v, _mm256_mul_ps(mw, sx));
+                }
+                acc[i] = _mm256_add_ps(acc[i], v);
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; 2];
+    for (o, v) in out.iter_mut().zip(acc) {
+        // SAFETY: 8 floats into an 8-float array; unaligned store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
+    }
+    out
+}
+
+/// Two weight rows against the 4 tokens `a.il.l8..+4` (`a.il.x4`): `[row][token]`.
+/// Safety: as [`tile8`], with `a.il.has4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile4<const K: u8>(
+    wp: [*const u8; 2],
+    a: &Acts,
+    next: Option<*const u8>,
+) -> [[f32; 4]; 2] {
+    let (nb, l, bb) = (a.nb, a.l, block_bytes(K));
+    let mut acc = _mm256_setzero_ps();
+    let (mut wu, mut ws) = (Buf([0u8; 64]), Buf([0u8; 64]));
+    // Lane 2k+i is (row i, token k).
+    let rows_dw = _mm256_setr_epi32(0, 2, 0, 2, 0, 2, 0, 2);
+    let rows_mw = _mm256_setr_epi32(1, 3, 1, 3, 1, 3, 1, 3);
+    let toks = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    // SAFETY (pointer offsets and reads): within the slices checked by `dots`.
+    unsafe {
+        let t0 = a.il.l8;
+        let (dp, sp) = (a.il.d.as_ptr().add(t0), a.il.s.as_ptr().wrapping_add(t0));
+        for b in 0..nb {
+            if let Some(n) = next {
+                // The next pair of rows (2 * nb contiguous blocks); a hint, never faults.
+                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(2 * b * bb) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add((2 * b + 1) * bb) as *const i8);
+            }
+            let (h0, u0, s0) = load_block::<K>(wp[0].add(b * bb));
+            let (h1, u1, s1) = load_block::<K>(wp[1].add(b * bb));
+            // Qword j: the two rows' value group K4_ORDER[j], as `interleave.rs` expects.
+            let up = wu.0.as_mut_ptr() as *mut __m256i;
+            _mm256_store_si256(up, _mm256_unpacklo_epi32(u0, u1));
+            _mm256_store_si256(up.add(1), _mm256_unpackhi_epi32(u0, u1));
+            if K != Q4_1 {
+                let sgp = ws.0.as_mut_ptr() as *mut __m256i;
+                _mm256_store_si256(sgp, _mm256_unpacklo_epi32(s0, s1));
+                _mm256_store_si256(sgp.add(1), _mm256_unpackhi_epi32(s0, s1));
+            }
+            std::hint::black_box((&mut wu, &mut ws));
+            let xb = a.il.x4.as_ptr().add(b * 8 * QK);
+            let [sumi] = group_sums::<K, 8, 1>([wu.0.as_ptr()], [ws.0.as_ptr()], xb);
+            // [d0, m0, d1, m1]
+            let f = _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(h0), h1));
+            let f = _mm256_castps128_ps256(f);
+            let dx = _mm256_castps128_ps256(_mm_loadu_ps(dp.add(b * l)));
+            let dx = _mm256_permutevar8x32_ps(dx, toks);
+            let dw = _mm256_permutevar8x32_ps(f, rows_dw);
+            let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(dw, dx));
+            if K == Q4_1 {
+                let sx = _mm256_castps128_ps256(_mm_loadu_ps(sp.add(b * l)));
+                let sx = _mm256_permutevar8x32_ps(sx, toks);
+                v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_permutevar8x32_ps(f, rows_mw), sx));
+            }
+            acc = _mm256_add_ps(acc, v);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: 8 floats into an 8-float array; unaligned store.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut out = [[0f32; 4]; 2];
+    for (j, v) in lanes.into_iter().enumerate() {
+        out[j % 2][j / 2] = v;
+    }
+    out
+}
+
+/// Eight weight rows (block pointers `wp`) against token `t`, prefetching the next 8 rows
+/// (`next`, `8 * a.nb` contiguous blocks) as it goes: 8 interleaved row streams otherwise
+/// stream from DRAM worse than one. Safety: AVX2/FMA/F16C available, each `wp[i]` points at
+/// `a.nb` readable blocks, `t < a.l` (checked by `dots`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile1<const K: u8>(
+    wp: [*const u8; 8],
+    a: &Acts,
+    t: usize,
+    next: Option<*const u8>,
+) -> [f32; 8] {
+    let (nb, l, bb) = (a.nb, a.l, block_bytes(K));
+    let mut acc = _mm256_setzero_ps();
+    // Per 128-bit half: the four d (low 16 bits of each header), then the four m.
+    let split = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    );
+    // SAFETY (pointer offsets and reads): within the slices checked by `dots`.
+    unsafe {
+        let xp = a.qs.as_ptr().add(t * nb * QK);
+        for b in 0..nb {
+            if let Some(n) = next {
+                // A hint only: it never faults; `wrapping_add` keeps the address defined.
+                let mut o = b * 8 * bb;
+                while o < (b + 1) * 8 * bb {
+                    _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(o) as *const i8);
+                    o += 64;
+                }
+            }
+            let x = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+            let mut hdr = [0i32; 8];
+            let mut m = [_mm256_setzero_si256(); 8];
+            for i in 0..8 {
+                let (h, u, s) = load_block::<K>(wp[i].add(b * bb));
+                hdr[i] = h;
+                m[i] = if K == Q4_1 {
+                    _mm256_maddubs_epi16(u, x)
+                } else {
+                    block_dot::<K>(u, s, x)
+                };
+            }
+            let sumi = if K == Q4_1 {
+                reduce8_i16(&m)
+            } else {
+                reduce8(&m)
+            };
+            let hv = _mm256_setr_epi32(
+                hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7],
+            );
+            // [d0..d3, d4..d7 | m0..m3, m4..m7]
+            let hv = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(hv, split));
+            let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(hv));
+            let dx = _mm256_set1_ps(*a.il.d.get_unchecked(b * l + t));
+            let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(dw, dx));
+            if K == Q4_1 {
+                let mw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(hv));
+                let sx = _mm256_set1_ps(*a.il.s.get_unchecked(b * l + t));
+                v = _mm256_add_ps(v, _mm256_mul_ps(mw, sx));
+            }
+            acc = _mm256_add_ps(acc, v);
+        }
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: 8 floats into an 8-float array; unaligned store.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+#[cfg(test)]
+#[path = "avx2_lanes_tests.rs"]
+mod tests;
