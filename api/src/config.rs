@@ -52,9 +52,13 @@ pub struct Args {
     #[arg(long, env = "AI_SANDBOX_MAX_QUEUE", value_name = "N")]
     pub max_queue: Option<usize>,
     /// KV-cache budget in MiB, shared by all running requests; must hold one full context
-    /// [default: two full contexts].
+    /// [default: two full contexts; with --device cuda what --gpu-memory-utilization leaves].
     #[arg(long, env = "AI_SANDBOX_KV_CACHE_MB", value_name = "MIB")]
     pub kv_cache_mb: Option<usize>,
+    /// Share of the GPU's memory this server may fill with weights, workspace and the KV cache
+    /// when --kv-cache-mb is not given, in (0, 1] [default: 0.9].
+    #[arg(long, env = "AI_SANDBOX_GPU_MEMORY_UTILIZATION", value_name = "FRACTION")]
+    pub gpu_memory_utilization: Option<f64>,
     /// Most requests generated together in one batch [default: 32; 128 with --device cuda].
     #[arg(long, env = "AI_SANDBOX_MAX_SEQS", value_name = "N")]
     pub max_seqs: Option<usize>,
@@ -92,6 +96,7 @@ pub struct FileConfig {
     pub ctx_size: Option<usize>,
     pub max_queue: Option<usize>,
     pub kv_cache_mb: Option<usize>,
+    pub gpu_memory_utilization: Option<f64>,
     pub max_seqs: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub device: Option<String>,
@@ -110,6 +115,7 @@ pub struct Config {
     pub ctx_size: Option<usize>,
     pub max_queue: usize,
     pub kv_cache_mb: Option<usize>,
+    pub gpu_memory_utilization: f64,
     pub max_seqs: usize,
     pub max_batch_tokens: usize,
     pub device: String,
@@ -131,6 +137,8 @@ pub enum ConfigError {
     NoModel,
     #[error("`{name}` must be at least 1. Given: 0")]
     Zero { name: &'static str },
+    #[error("`gpu-memory-utilization` must be a fraction in (0, 1]. Given: {0}")]
+    Fraction(f64),
     #[error("invalid listen address {host}:{port}: {message}")]
     Address {
         host: String,
@@ -176,6 +184,10 @@ impl Config {
                 .or(file.max_queue)
                 .unwrap_or(DEFAULT_MAX_QUEUE),
             kv_cache_mb: args.kv_cache_mb.or(file.kv_cache_mb),
+            gpu_memory_utilization: args
+                .gpu_memory_utilization
+                .or(file.gpu_memory_utilization)
+                .unwrap_or(ai_sandbox_engine::kv_budget::DEFAULT_GPU_MEMORY_UTILIZATION),
             max_seqs: args.max_seqs.or(file.max_seqs).unwrap_or(default_seqs),
             max_batch_tokens: args
                 .max_batch_tokens
@@ -196,6 +208,10 @@ impl Config {
         }
         if cfg.kv_cache_mb == Some(0) {
             return Err(ConfigError::Zero { name: "kv-cache-mb" });
+        }
+        let util = cfg.gpu_memory_utilization;
+        if !(util > 0.0 && util <= 1.0) {
+            return Err(ConfigError::Fraction(util));
         }
         if cfg.max_seqs == 0 {
             return Err(ConfigError::Zero { name: "max-seqs" });
@@ -295,5 +311,24 @@ mod tests {
             ),
             Err(ConfigError::Zero { name: "max-queue" })
         ));
+    }
+
+    #[test]
+    fn gpu_memory_utilization_is_a_fraction_from_any_layer() {
+        let c = Config::resolve(args(&["--model", "m"]), FileConfig::default()).unwrap();
+        assert_eq!(c.gpu_memory_utilization, 0.9);
+        let file = parse_file("model: m
+gpu_memory_utilization: 0.75
+", Path::new("c.yaml")).unwrap();
+        assert_eq!(Config::resolve(args(&[]), file.clone()).unwrap().gpu_memory_utilization, 0.75);
+        let c = Config::resolve(args(&["--gpu-memory-utilization", "0.5"]), file).unwrap();
+        assert_eq!(c.gpu_memory_utilization, 0.5);
+        for bad in ["0", "1.01", "-0.2", "NaN"] {
+            let flag = format!("--gpu-memory-utilization={bad}");
+            let err = Config::resolve(args(&["--model", "m", &flag]), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("gpu-memory-utilization") && err.contains("(0, 1]"), "{bad}: {err}");
+        }
     }
 }

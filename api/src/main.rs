@@ -58,6 +58,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ctx_size: cfg.ctx_size,
         max_queue: cfg.max_queue,
         kv_cache_mb: cfg.kv_cache_mb,
+        gpu_memory_utilization: cfg.gpu_memory_utilization,
         max_seqs: cfg.max_seqs,
         max_batch_tokens: cfg.max_batch_tokens,
         placement,

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::gguf::GgufFile;
 use crate::hf::{HfModelFiles, HubOptions, ModelSource, SafetensorsWeights};
+use crate::kv_budget::{self, DeviceMemory};
 use crate::model::{kv_bytes_per_block, LoadOptions, Model, ModelConfig, Placement, SeqInput, KV_BLOCK_SIZE};
 use crate::worker::{LanguageModel, Limits, Scheduler, TokenText};
 
@@ -37,8 +38,12 @@ pub struct EngineConfig {
     pub ctx_size: Option<usize>,
     /// Requests allowed to wait for a place in the batch; more get `EngineError::QueueFull`.
     pub max_queue: usize,
-    /// KV-cache budget in MiB (None: two full contexts). Must hold at least one full context.
+    /// KV-cache budget in MiB (None: two full contexts on the host; on a GPU what
+    /// `gpu_memory_utilization` leaves, see [`crate::kv_budget`]). Must hold one full context.
     pub kv_cache_mb: Option<usize>,
+    /// Share of a GPU's memory the engine may fill (weights, workspace, KV cache) when
+    /// `kv_cache_mb` is not given; in (0, 1].
+    pub gpu_memory_utilization: f64,
     /// Most sequences generated together in one batch.
     pub max_seqs: usize,
     /// Most tokens in one forward pass (decodes plus prefill chunks).
@@ -69,6 +74,7 @@ impl EngineConfig {
             ctx_size: None,
             max_queue: 64,
             kv_cache_mb: None,
+            gpu_memory_utilization: crate::kv_budget::DEFAULT_GPU_MEMORY_UTILIZATION,
             max_seqs: DEFAULT_MAX_SEQS,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             placement: Placement::Host,
@@ -135,8 +141,8 @@ impl Engine {
             );
         }
 
-        let kv_blocks = kv_blocks(&mut source, &cfg)?;
-        let options = LoadOptions { kv_blocks, placement: cfg.placement.clone(), ..LoadOptions::default() };
+        let kv_blocks = kv_budget::kv_blocks(&source.config()?, &cfg, device_memory(&cfg.placement)?)?;
+        let options = LoadOptions { kv_blocks: Some(kv_blocks), placement: cfg.placement.clone(), ..LoadOptions::default() };
         let (model, path) = match &mut source {
             Opened::Gguf(gguf) => (Model::load_with(gguf, cfg.ctx_size, &options)?, cfg.model.clone()),
             Opened::Hf { files, config, weights, .. } => {
@@ -225,30 +231,17 @@ impl Engine {
     }
 }
 
-/// KV blocks for the configured budget: `--kv-cache-mb`, else two full contexts; at least one
-/// full context (else a load error naming the flags).
-fn kv_blocks(source: &mut Opened, cfg: &EngineConfig) -> Result<Option<usize>, EngineError> {
-    if cfg.max_seqs == 0 || cfg.max_batch_tokens == 0 {
-        return Err(EngineError::Load("--max-seqs and --max-batch-tokens must be at least 1".into()));
+/// The GPU's memory before the weights load, for [`kv_budget::kv_blocks`]; `None` on the host
+/// placement and on the CPU standing in for a device.
+fn device_memory(placement: &Placement) -> Result<Option<DeviceMemory>, EngineError> {
+    #[cfg(feature = "cuda")]
+    if let Placement::Device { device: device @ candle_core::Device::Cuda(_), .. } = placement {
+        let (free, total) = crate::cuda::memory_info(device)
+            .map_err(|e| EngineError::Load(format!("reading the GPU's free memory: {e}")))?;
+        return Ok(Some(DeviceMemory { free, total }));
     }
-    let config = &source.config()?;
-    // A --ctx-size beyond the model's context fails in Model::load with its own message.
-    let ctx = cfg.ctx_size.unwrap_or(config.context_length).min(config.context_length);
-    let need = ctx.div_ceil(KV_BLOCK_SIZE);
-    let Some(mb) = cfg.kv_cache_mb else {
-        return Ok(Some(2 * need));
-    };
-    let per_block = kv_bytes_per_block(config, &cfg.placement);
-    let blocks = mb.saturating_mul(MIB) / per_block;
-    if blocks < need {
-        return Err(EngineError::Load(format!(
-            "--kv-cache-mb {mb} holds {} tokens, less than one full context of {ctx} tokens \
-             (needs at least {} MiB; or lower --ctx-size)",
-            blocks * KV_BLOCK_SIZE,
-            (need * per_block).div_ceil(MIB)
-        )));
-    }
-    Ok(Some(blocks))
+    let _ = placement;
+    Ok(None)
 }
 
 /// The model `--model` names, opened: a GGUF, or a Hugging Face folder with its config.json

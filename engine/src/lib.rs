@@ -9,6 +9,7 @@ pub mod chat_template;
 mod engine;
 mod error;
 pub(crate) mod kv;
+pub mod kv_budget;
 pub mod gguf;
 pub mod hf;
 pub(crate) mod kernels;

@@ -43,6 +43,17 @@ const WRITE_THREADS: u32 = 128;
 
 /// True when `AI_SANDBOX_ATTENTION=generic` asks for the candle-op attention and KV writes
 /// instead of our kernels.
+/// `(free, total)` bytes of `device`'s memory as the driver reports them.
+pub(crate) fn memory_info(device: &candle_core::Device) -> candle_core::Result<(usize, usize)> {
+    let candle_core::Device::Cuda(dev) = device else {
+        bail!("memory_info: {device:?} is not a CUDA device")
+    };
+    dev.cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
+}
+
 pub(crate) fn generic_only() -> bool {
     static GENERIC: OnceLock<bool> = OnceLock::new();
     *GENERIC.get_or_init(|| match std::env::var("AI_SANDBOX_ATTENTION") {
