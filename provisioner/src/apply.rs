@@ -30,9 +30,10 @@ const PHASE_READ_INTERVAL: Duration = Duration::from_secs(10);
 struct Created {
     firewall: Option<Firewall>,
     instance: Option<Instance>,
-    /// A create of that kind failed in a way that may still have made it (a lost answer):
-    /// cleanup then looks for it by tag and label. Otherwise cleanup touches only what this
-    /// run knows it made, never a namesake made by another run.
+    /// A create of that kind is in flight (Ctrl-C may drop it after it reached Linode) or
+    /// failed in a way that may still have made it (a lost answer): cleanup then looks for it
+    /// by tag and label. Otherwise cleanup touches only what this run knows it made, never a
+    /// namesake made by another run.
     firewall_unsure: bool,
     instance_unsure: bool,
 }
@@ -364,6 +365,8 @@ async fn steps(
     };
 
     let mut progress = Progress::new(&format!("creating Cloud Firewall {}", cfg.firewall_label()));
+    // Unsure until answered: a Ctrl-C that drops this future mid-request must still look.
+    record(&|c| c.firewall_unsure = true);
     let firewall = match client.create_firewall(&plan.firewall).await {
         Ok(f) => f,
         Err(e) => {
@@ -375,7 +378,10 @@ async fn steps(
             adopted.ok_or_else(|| format!("creating the Cloud Firewall failed: {e}"))?
         }
     };
-    record(&|c| c.firewall = Some(firewall.clone()));
+    record(&|c| {
+        c.firewall = Some(firewall.clone());
+        c.firewall_unsure = false;
+    });
     progress.println(&format!(
         "Created Cloud Firewall {} ({})",
         firewall.label, firewall.id
@@ -384,6 +390,7 @@ async fn steps(
     progress.set(&format!("creating GPU Linode {}", cfg.linode_label()));
     let root_pass = RootPassword::generate().map_err(|e| e.to_string())?;
     let body = plan.instance_request(Some(firewall.id), root_pass);
+    record(&|c| c.instance_unsure = true);
     let instance = match client.create_instance(&body).await {
         Ok(i) => i,
         Err(e) => {
@@ -396,7 +403,10 @@ async fn steps(
         }
     };
     drop(body);
-    record(&|c| c.instance = Some(instance.clone()));
+    record(&|c| {
+        c.instance = Some(instance.clone());
+        c.instance_unsure = false;
+    });
     progress.println(&format!(
         "Created instance {} ({}, {})",
         instance.id,

@@ -331,6 +331,27 @@ fn a_second_deploy_or_destroy_of_a_running_name_is_refused_on_this_machine() {
     env.assert_no_violations();
 }
 
+#[test]
+fn ctrl_c_while_a_create_is_unanswered_still_finds_and_destroys_it() {
+    for path in ["/networking/firewalls", "/linode/instances"] {
+        let env = Env::new();
+        env.fake.inject("POST", path, Fault::CommitThenStall, 1);
+        let child = env.spawn_deploy();
+        let start = std::time::Instant::now();
+        while !env.fake.requests().iter().any(|r| r.method == "POST" && r.path == path) {
+            assert!(start.elapsed().as_secs() < 60, "{path} was never sent");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The resource exists; its answer is held back.
+        interrupt(child)
+            .assert_code(2)
+            .assert_contains("interrupted")
+            .assert_contains("Cleaned up:");
+        env.assert_nothing_left();
+        env.assert_no_violations();
+    }
+}
+
 /// Another deploy of the same name (from another machine: no local lock) creates the
 /// resource at `path` between this run's plan and its create.
 fn rival_creates_first(path: &str) -> Env {

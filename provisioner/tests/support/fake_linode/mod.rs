@@ -57,6 +57,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request) -> Response {
             &bytes,
         )
     };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, axum::Json(reply.body)).into_response();
     for (name, value) in reply.headers {

@@ -54,6 +54,9 @@ pub enum Fault {
     /// same name racing this one); this request then proceeds as usual and meets the result
     /// (e.g. "Label must be unique").
     RivalFirst,
+    /// Performs the request and holds the answer back for a minute, as when the client is
+    /// stopped (Ctrl-C) after the API made the change but before the answer arrived.
+    CommitThenStall,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +80,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(&'static str, String)>,
+    /// How long the server waits before sending it (outside the state lock).
+    pub delay: std::time::Duration,
 }
 
 fn reply(status: u16, body: Value) -> Reply {
@@ -84,6 +89,7 @@ fn reply(status: u16, body: Value) -> Reply {
         status,
         body,
         headers: Vec::new(),
+        delay: std::time::Duration::ZERO,
     }
 }
 
@@ -355,6 +361,10 @@ impl State {
         if let Some(Fault::RivalFirst) = fault {
             let rival = self.dispatch(method, rel, body.as_ref());
             assert!((200..300).contains(&rival.status), "the rival's request failed: {rival:?}");
+        } else if let Some(Fault::CommitThenStall) = fault {
+            let mut done = self.dispatch(method, rel, body.as_ref());
+            done.delay = std::time::Duration::from_secs(60);
+            return done;
         } else if let Some(fault) = fault {
             if matches!(fault, Fault::CommitThenStatus(_)) {
                 let done = self.dispatch(method, rel, body.as_ref());
@@ -575,7 +585,7 @@ fn fault_reply(fault: Fault) -> Reply {
             None,
             "Internal Server Error (injected after the change was made)",
         ),
-        Fault::RivalFirst => unreachable!("RivalFirst is not an answer"),
+        Fault::RivalFirst | Fault::CommitThenStall => unreachable!("not an answer of its own"),
     }
 }
 
