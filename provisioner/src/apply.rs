@@ -101,7 +101,7 @@ pub async fn run(config: Option<&Path>, args: &DeployArgs) -> Result<u8, CmdErro
     // Held from before the plan's existence check until the process ends. A bad name is
     // left to the plan, whose message names --name.
     let _lock = match context::name_for(args.flags.name.as_deref(), config) {
-        Ok(name) => crate::lock::acquire(&name)?,
+        Ok(name) => crate::lock::guard(&name)?,
         Err(_) => None,
     };
     let plan = make_plan(&client, config, &args.flags).await?;

@@ -116,7 +116,7 @@ async fn wait_gone(client: &LinodeClient, id: u64, poll: Duration) -> Result<(),
 pub async fn run(config: Option<&Path>, args: &DestroyArgs) -> Result<u8, CmdError> {
     let name = context::name_for(args.target.name.as_deref(), config)?;
     let client = context::linode_client()?;
-    let _lock = crate::lock::acquire(&name)?;
+    let _lock = crate::lock::guard(&name)?;
     let found = find(&client, &name).await?;
     if found.is_empty() {
         println!("Nothing to destroy: no instance or firewall is tagged ai-sandbox:{name}.");

@@ -41,6 +41,19 @@ pub fn acquire(name: &str) -> Result<Option<NameLock>, LockError> {
     }
 }
 
+/// [`acquire`], except that a lock file that cannot be used (a read-only or lock-less file
+/// system) is a warning on stderr, not a failure: the lock is a guard, not a precondition.
+/// Only another run holding it stops the caller.
+pub fn guard(name: &str) -> Result<Option<NameLock>, LockError> {
+    match acquire(name) {
+        Err(e @ LockError::Io { .. }) => {
+            eprintln!("warning: {e}; going on without the one-run-per-name guard");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 fn acquire_at(path: PathBuf, name: &str) -> Result<NameLock, LockError> {
     let io = |source| LockError::Io {
         path: path.clone(),
@@ -101,5 +114,15 @@ mod tests {
         assert!(at("box2").is_ok(), "other names are not blocked");
         drop(first);
         assert!(at("box/1").is_ok());
+    }
+
+    #[test]
+    fn an_unusable_lock_path_is_an_io_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let err = acquire_at(file.join("locks").join("box"), "box").unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 }
