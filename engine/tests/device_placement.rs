@@ -6,15 +6,16 @@
 //! argmax of the logits; the engine serves the same greedy completion on both placements; random
 //! presets load with the weight and KV byte counts the benchmark's roofline uses.
 
+#[path = "model_common/mod.rs"]
+mod model_common;
 #[path = "support/tiny_hf.rs"]
 mod tiny_hf;
-
-use std::path::PathBuf;
 
 use ai_sandbox_engine::hf::HfModelFiles;
 use ai_sandbox_engine::model::{LoadOptions, Model, ModelConfig, Placement, SeqInput, KV_BLOCK_SIZE};
 use ai_sandbox_engine::{Engine, EngineConfig, GenEvent, GenerateRequest, SamplingParams};
 use candle_core::{DType, Device};
+use model_common::{argmax, max_abs_diff, smollm2_path};
 use tiny_hf::{write_tiny_model, Arch, TempDir};
 
 fn cpu_tensor(dtype: DType) -> Placement {
@@ -26,21 +27,6 @@ fn load_hf(dir: &std::path::Path, placement: Placement) -> Model {
     let (config, weights) = files.open_model().expect("open model");
     let options = LoadOptions { placement, ..LoadOptions::default() };
     Model::load_safetensors(&weights, config, Some(128), &options).expect("load model")
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Three sequences at different positions (one crossing the sliding window, one with a
@@ -71,7 +57,7 @@ fn device_placement_on_the_cpu_matches_the_host_kernels_for_every_tiny_architect
         let mut dev = load_hf(&tmp.0, cpu_tensor(DType::F32));
         let (h, d) = (packed_logits(&mut host, m.vocab_size), packed_logits(&mut dev, m.vocab_size));
         for (row, (h, d)) in h.iter().zip(&d).enumerate() {
-            let diff = max_diff(h, d);
+            let diff = max_abs_diff(h, d);
             assert!(diff < 1e-4, "{arch:?} row {row}: host vs device f32 logits differ by {diff}");
         }
         // Greedy on the device = argmax of the logits (same model, same state).
@@ -80,26 +66,23 @@ fn device_placement_on_the_cpu_matches_the_host_kernels_for_every_tiny_architect
         let blocks: Vec<u32> = (0..8).collect();
         let logits = dev.forward_batch(&[SeqInput { tokens: &prompt, pos: 0, blocks: &blocks, logits: true }]).unwrap();
         let ids = dev2.forward_batch_greedy(&[SeqInput { tokens: &prompt, pos: 0, blocks: &blocks, logits: true }]).unwrap();
-        assert_eq!(ids, vec![argmax(&logits[0])], "{arch:?}");
+        assert_eq!(ids, vec![argmax(&logits[0]) as u32], "{arch:?}");
 
         // bf16 weights and cache: the same answers within bf16 rounding (8 bits of mantissa).
         let mut bf = load_hf(&tmp.0, cpu_tensor(DType::BF16));
         let b = packed_logits(&mut bf, m.vocab_size);
         for (row, (h, b)) in h.iter().zip(&b).enumerate() {
             let scale = h.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let diff = max_diff(h, b);
+            let diff = max_abs_diff(h, b);
             assert!(diff < 0.05 * scale.max(1.0), "{arch:?} row {row}: bf16 logits off by {diff} (scale {scale})");
         }
     }
 }
 
-fn smollm2() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 #[test]
 fn smollm2_gguf_on_the_device_path_matches_the_host_kernels() {
-    let mut gguf = ai_sandbox_engine::gguf::GgufFile::open(&smollm2()).expect("open SmolLM2 (scripts/fetch-model)");
+    let mut gguf = ai_sandbox_engine::gguf::GgufFile::open(&smollm2_path()).expect("open SmolLM2 (scripts/fetch-model)");
     let mut host = Model::load_with(&mut gguf, Some(256), &LoadOptions::default()).expect("host");
     let options = LoadOptions { placement: cpu_tensor(DType::F32), ..LoadOptions::default() };
     let mut dev = Model::load_with(&mut gguf, Some(256), &options).expect("device");
@@ -109,7 +92,7 @@ fn smollm2_gguf_on_the_device_path_matches_the_host_kernels() {
         // The host path quantizes activations to 8 bits for its Q4_1/Q8_0 kernels (as llama.cpp
         // does); the device path multiplies the dequantized f32 weights by f32 activations.
         let scale = h.iter().fold(0f32, |a, x| a.max(x.abs()));
-        let diff = max_diff(h, d);
+        let diff = max_abs_diff(h, d);
         assert!(diff < 0.05 * scale, "row {row}: logits differ by {diff} (largest {scale})");
         assert_eq!(argmax(h), argmax(d), "row {row}: different greedy token");
     }

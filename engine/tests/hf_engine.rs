@@ -5,6 +5,8 @@
 //! forward pass against the float64 numpy reference (tests/reference/hf_ref.py: rotate-half RoPE
 //! with linear scaling, GQA, sliding window, biases), and batched == unbatched tokens.
 
+#[path = "model_common/mod.rs"]
+mod model_common;
 #[path = "support/tiny_hf.rs"]
 mod tiny_hf;
 
@@ -18,6 +20,7 @@ use ai_sandbox_engine::{
     ChatMessage, Engine, EngineConfig, EngineError, FinishReason, GenEvent, GenerateRequest, SamplingParams,
     TokenLogprob,
 };
+use model_common::argmax;
 use tiny_hf::{write_tiny_model, Arch, TempDir, TinyModel};
 
 fn engine(model: impl Into<PathBuf>) -> Engine {
@@ -74,16 +77,6 @@ fn request(prompt: Vec<u32>, sampling: SamplingParams, max_tokens: usize) -> Gen
     }
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// The model loaded directly (no engine, no worker): the unbatched reference.
 fn direct_model(dir: &Path) -> Model {
     let files = HfModelFiles::from_dir(dir).expect("files");
@@ -96,7 +89,7 @@ fn greedy_direct(model: &mut Model, prompt: &[u32], max: usize, eos: &[u32]) -> 
     let mut logits = model.forward(prompt, 0).expect("prefill");
     let mut out = Vec::new();
     while out.len() < max {
-        let next = argmax(&logits);
+        let next = argmax(&logits) as u32;
         if eos.contains(&next) {
             return (out, FinishReason::Stop);
         }
