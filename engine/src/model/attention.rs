@@ -2,8 +2,9 @@
 //! position, writing a batch's keys/values into its sequences' blocks, and causal (optionally
 //! sliding-window) grouped-query attention of every query over its own sequence's blocks.
 //!
-//! Storage of one layer (`LayerKv`): keys and values each `[n_blocks, kv_heads, block_size,
-//! head_dim]` f32, so one KV head's keys inside a block are contiguous. Allocated zeroed
+//! Storage of one layer (`LayerKv`): values `[n_blocks, kv_heads, block_size, head_dim]` f32 and
+//! keys transposed inside each block, `[n_blocks, kv_heads, head_dim, block_size]`, so that the
+//! scores of 8 consecutive keys are 8 vector lanes (no horizontal sums). Allocated zeroed
 //! (untouched pages cost no RSS).
 //!
 //! Determinism (what batching and the prefix cache rely on): every output row depends only on
@@ -49,22 +50,27 @@ impl LayerKv {
         LayerKv { k: vec![0.0; n], v: vec![0.0; n] }
     }
 
-    fn offset(g: &Geometry, block: u32, kv_head: usize, slot: usize) -> usize {
-        ((block as usize * g.n_kv_heads + kv_head) * g.block_size + slot) * g.head_dim
+    /// Where KV head `kv_head`'s part of `block` starts (in `k` and in `v`: both hold
+    /// `block_size * head_dim` values per block and head).
+    fn base(g: &Geometry, block: u32, kv_head: usize) -> usize {
+        (block as usize * g.n_kv_heads + kv_head) * g.block_size * g.head_dim
     }
 
     /// Stores the keys/values (`[rows, kv_heads*head_dim]`) of every span at its positions.
     pub(crate) fn write(&mut self, g: &Geometry, spans: &[Span], k: &[f32], v: &[f32]) {
-        let (hd, width) = (g.head_dim, g.n_kv_heads * g.head_dim);
+        let (hd, bs, width) = (g.head_dim, g.block_size, g.n_kv_heads * g.head_dim);
         for s in spans {
             for i in 0..s.len {
                 let p = s.pos + i;
-                let block = s.blocks[p / g.block_size];
+                let (block, slot) = (s.blocks[p / bs], p % bs);
                 let row = (s.row + i) * width;
                 for kvh in 0..g.n_kv_heads {
-                    let dst = Self::offset(g, block, kvh, p % g.block_size);
+                    let base = Self::base(g, block, kvh);
                     let src = row + kvh * hd;
-                    self.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                    for (d, &x) in k[src..src + hd].iter().enumerate() {
+                        self.k[base + d * bs + slot] = x;
+                    }
+                    let dst = base + slot * hd;
                     self.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                 }
             }
@@ -72,44 +78,77 @@ impl LayerKv {
     }
 }
 
-/// Queries per parallel work item (a tile of one sequence's tokens for one head).
+/// Queries per parallel work item (a tile of one sequence's tokens for one KV head's query
+/// heads).
 const QUERY_TILE: usize = 16;
+
+/// One parallel work item: queries `t0..t0+n` of span `si`, query heads `h0..h0+heads` (all
+/// sharing KV head `h0 / group`, so the item reads that head's keys and values once for all).
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    si: usize,
+    h0: usize,
+    heads: usize,
+    t0: usize,
+    n: usize,
+}
+
+/// Per-thread buffers of [`attend`]'s work items.
+#[derive(Default)]
+struct Scratch {
+    /// `[heads, keys]` scores, then softmax weights.
+    scores: Vec<f32>,
+    /// `[heads, head_dim]` weighted sums of values.
+    acc: Vec<f32>,
+    /// Each head's softmax denominator.
+    sums: Vec<f32>,
+}
 
 /// `q`: `[rows, heads*head_dim]`, already rotated and NOT yet scaled. Returns the attention
 /// output `[rows, heads*head_dim]`. The keys/values of every span must have been written.
 pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> Vec<f32> {
+    // A KV head's query heads go together (its keys/values read once for all of them), unless
+    // that leaves too few items to keep the pool busy (a lone decode: one per KV head).
+    let tiles: usize = spans.iter().map(|s| s.len.div_ceil(QUERY_TILE)).sum();
+    let together = tiles * g.n_kv_heads >= 4 * rayon::current_num_threads();
+    attend_grouped(kv, g, spans, q, if together { g.n_heads / g.n_kv_heads } else { 1 })
+}
+
+/// [`attend`] with `per_item` query heads per work item (1 or the heads sharing a KV head).
+fn attend_grouped(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32], per_item: usize) -> Vec<f32> {
     let (nh, hd) = (g.n_heads, g.head_dim);
     let rows: usize = spans.iter().map(|s| s.row + s.len).max().unwrap_or(0);
-    let mut items = Vec::new();
+    let tiles: usize = spans.iter().map(|s| s.len.div_ceil(QUERY_TILE)).sum();
+    let mut items = Vec::with_capacity(tiles * nh / per_item);
     for (si, s) in spans.iter().enumerate() {
-        for h in 0..nh {
+        for h0 in (0..nh).step_by(per_item) {
             for t0 in (0..s.len).step_by(QUERY_TILE) {
-                items.push((si, h, t0, QUERY_TILE.min(s.len - t0)));
+                items.push(Item { si, h0, heads: per_item.min(nh - h0), t0, n: QUERY_TILE.min(s.len - t0) });
             }
         }
     }
     let use_avx2 = isa() != Isa::Scalar;
     let results: Vec<Vec<f32>> = items
         .par_iter()
-        .map(|&(si, h, t0, n)| {
-            let mut out = vec![0.0f32; n * hd];
-            let mut scratch = Vec::new();
+        .map_init(Scratch::default, |scratch, it| {
+            let mut out = vec![0.0f32; it.n * it.heads * hd];
             #[cfg(target_arch = "x86_64")]
             if use_avx2 {
                 // SAFETY: Isa other than Scalar is only chosen when AVX2+FMA are available.
-                unsafe { tile_avx2(kv, g, &spans[si], h, t0, q, &mut out, &mut scratch) };
+                unsafe { tile_avx2(kv, g, &spans[it.si], it, q, &mut out, scratch) };
                 return out;
             }
             let _ = use_avx2;
-            tile(kv, g, &spans[si], h, t0, q, &mut out, &mut scratch);
+            tile(kv, g, &spans[it.si], it, q, &mut out, scratch);
             out
         })
         .collect();
     let mut out = vec![0.0f32; rows * nh * hd];
-    for (&(si, h, t0, n), r) in items.iter().zip(&results) {
-        for i in 0..n {
-            let dst = (spans[si].row + t0 + i) * nh * hd + h * hd;
-            out[dst..dst + hd].copy_from_slice(&r[i * hd..(i + 1) * hd]);
+    for (it, r) in items.iter().zip(&results) {
+        let w = it.heads * hd;
+        for i in 0..it.n {
+            let dst = (spans[it.si].row + it.t0 + i) * nh * hd + it.h0 * hd;
+            out[dst..dst + w].copy_from_slice(&r[i * w..(i + 1) * w]);
         }
     }
     out
@@ -117,147 +156,108 @@ pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> V
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
-    kv: &LayerKv,
-    g: &Geometry,
-    s: &Span,
-    h: usize,
-    t0: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
-    tile(kv, g, s, h, t0, q, out, scratch)
+unsafe fn tile_avx2(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    tile(kv, g, s, it, q, out, scratch)
 }
 
-/// Attention of queries `t0..t0+out.len()/head_dim` of span `s` for head `h`. Common head sizes
-/// get a version with the head held in registers; the arithmetic of a (query, key) pair is the
-/// same in all of them.
+/// Attention of work item `it` (`out`: `[it.n, it.heads, head_dim]`). Common head sizes get a
+/// version with the head size as a constant (`HD`; 0: read from `g`); the arithmetic of a
+/// (query, key) pair is the same in all of them, and so is each head's, whichever heads share
+/// its item.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile(
-    kv: &LayerKv,
-    g: &Geometry,
-    s: &Span,
-    h: usize,
-    t0: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+fn tile(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     match g.head_dim {
-        64 => tile_hd::<64>(kv, g, s, h, t0, q, out, scores),
-        128 => tile_hd::<128>(kv, g, s, h, t0, q, out, scores),
-        _ => tile_any(kv, g, s, h, t0, q, out, scores),
+        64 => tile_hd::<64>(kv, g, s, it, q, out, scratch),
+        128 => tile_hd::<128>(kv, g, s, it, q, out, scratch),
+        _ => tile_hd::<0>(kv, g, s, it, q, out, scratch),
     }
 }
 
-/// Calls `f(offset, slots)` for each run of keys `first..=p` that lies in one block
-/// (`offset` into the layer's K/V storage of the run's first key).
-#[inline(always)]
-fn for_each_run(g: &Geometry, s: &Span, kvh: usize, first: usize, p: usize, mut f: impl FnMut(usize, usize)) {
-    let bs = g.block_size;
-    let mut j = first;
-    while j <= p {
-        let (b, slot0) = (s.blocks[j / bs], j % bs);
-        let slots = (bs - slot0).min(p + 1 - j);
-        f(LayerKv::offset(g, b, kvh, slot0), slots);
-        j += slots;
-    }
+/// A run of keys that lies in one block: KV head's part of the block starts at `base` (see
+/// [`LayerKv::base`]), the run is its slots `slot0..slot0+slots`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    base: usize,
+    slot0: usize,
+    slots: usize,
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_hd<const HD: usize>(
-    kv: &LayerKv,
-    g: &Geometry,
-    s: &Span,
-    h: usize,
-    t0: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let nh = g.n_heads;
-    let kvh = h / (nh / g.n_kv_heads);
-    let scale = 1.0 / (HD as f32).sqrt();
-    for (i, o) in out.chunks_exact_mut(HD).enumerate() {
-        let t = t0 + i;
-        let p = s.pos + t;
-        let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let mut qr = [0.0f32; HD];
-        qr.copy_from_slice(&q[(s.row + t) * nh * HD + h * HD..][..HD]);
-        scores.clear();
-        for_each_run(g, s, kvh, first, p, |base, slots| {
-            let keys = &kv.k[base..base + slots * HD];
-            let mut quads = keys.chunks_exact(4 * HD);
-            for k4 in &mut quads {
-                let d = dot4::<HD>(&qr, k4);
-                scores.extend(d.iter().map(|x| x * scale));
-            }
-            for kr in quads.remainder().chunks_exact(HD) {
-                scores.push(dot(&qr, kr) * scale);
-            }
-        });
-        let sum = softmax_unnormalized(scores);
-        let mut acc = [0.0f32; HD];
-        let mut n = 0;
-        for_each_run(g, s, kvh, first, p, |base, slots| {
-            for vr in kv.v[base..base + slots * HD].chunks_exact(HD) {
-                let a = scores[n];
-                for d in 0..HD {
-                    acc[d] += a * vr[d];
-                }
-                n += 1;
-            }
-        });
-        let inv = 1.0 / sum;
-        for (o, a) in o.iter_mut().zip(acc) {
-            *o = a * inv;
+/// The [`Run`]s of keys `j..end` of one KV head. An iterator rather than a callback: a closure
+/// would be compiled without the caller's AVX2 and not inlined.
+#[derive(Clone)]
+struct Runs<'a> {
+    g: &'a Geometry,
+    blocks: &'a [u32],
+    kvh: usize,
+    j: usize,
+    end: usize,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = Run;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Run> {
+        if self.j >= self.end {
+            return None;
         }
+        let bs = self.g.block_size;
+        let (b, slot0) = (self.blocks[self.j / bs], self.j % bs);
+        let slots = (bs - slot0).min(self.end - self.j);
+        self.j += slots;
+        Some(Run { base: LayerKv::base(self.g, b, self.kvh), slot0, slots })
     }
 }
 
-/// [`tile_hd`] for any head size.
+/// Where query `t` of item `it` looks: its keys `first..=p` of its KV head (as [`Runs`]) and
+/// their count.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_any(
-    kv: &LayerKv,
-    g: &Geometry,
-    s: &Span,
-    h: usize,
-    t0: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let (nh, hd) = (g.n_heads, g.head_dim);
-    let kvh = h / (nh / g.n_kv_heads);
+fn keys_of<'a>(g: &'a Geometry, s: &'a Span, it: &Item, t: usize) -> (Runs<'a>, usize) {
+    let kvh = it.h0 / (g.n_heads / g.n_kv_heads);
+    let p = s.pos + t;
+    let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+    (Runs { g, blocks: s.blocks, kvh, j: first, end: p + 1 }, p + 1 - first)
+}
+
+#[inline(always)]
+fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    let (nh, bs) = (g.n_heads, g.block_size);
+    let hd = if HD == 0 { g.head_dim } else { HD };
     let scale = 1.0 / (hd as f32).sqrt();
-    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-        let t = t0 + i;
-        let p = s.pos + t;
-        let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let qrow = &q[(s.row + t) * nh * hd + h * hd..][..hd];
+    let Scratch { scores, acc, sums } = scratch;
+    for (i, o) in out.chunks_exact_mut(it.heads * hd).enumerate() {
+        let t = it.t0 + i;
+        let (runs, n_keys) = keys_of(g, s, it, t);
+        let qrow = &q[(s.row + t) * nh * hd + it.h0 * hd..][..it.heads * hd];
         scores.clear();
-        for_each_run(g, s, kvh, first, p, |base, slots| {
-            for kr in kv.k[base..base + slots * hd].chunks_exact(hd) {
-                scores.push(dot(qrow, kr) * scale);
+        scores.resize(it.heads * n_keys, 0.0);
+        let mut j = 0;
+        for r in runs.clone() {
+            let kt = &kv.k[r.base..r.base + hd * bs];
+            for (hq, sc) in qrow.chunks_exact(hd).zip(scores.chunks_exact_mut(n_keys)) {
+                key_scores(hq, kt, bs, r.slot0, &mut sc[j..j + r.slots], scale);
             }
-        });
-        let sum = softmax_unnormalized(scores);
-        o.fill(0.0);
-        let mut n = 0;
-        for_each_run(g, s, kvh, first, p, |base, slots| {
-            for vr in kv.v[base..base + slots * hd].chunks_exact(hd) {
-                axpy(o, scores[n], vr);
-                n += 1;
+            j += r.slots;
+        }
+        sums.clear();
+        for sc in scores.chunks_exact_mut(n_keys) {
+            sums.push(softmax_unnormalized(sc));
+        }
+        acc.clear();
+        acc.resize(it.heads * hd, 0.0);
+        let mut j = 0;
+        for r in runs {
+            let vals = &kv.v[r.base + r.slot0 * hd..][..r.slots * hd];
+            for (a, sc) in acc.chunks_exact_mut(hd).zip(scores.chunks_exact(n_keys)) {
+                accumulate::<HD>(a, vals, &sc[j..j + r.slots]);
             }
-        });
-        let inv = 1.0 / sum;
-        for x in o.iter_mut() {
-            *x *= inv;
+            j += r.slots;
+        }
+        for ((o, a), &sum) in o.chunks_exact_mut(hd).zip(acc.chunks_exact(hd)).zip(sums.iter()) {
+            let inv = 1.0 / sum;
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = a * inv;
+            }
         }
     }
 }
@@ -315,58 +315,96 @@ fn exp8(x: [f32; LANES]) -> [f32; LANES] {
     out
 }
 
-/// Four dot products of `q` with the consecutive keys in `k4`; each is computed exactly as
-/// [`dot`] computes it (same lanes, same order), only interleaved.
-#[inline(always)]
-fn dot4<const HD: usize>(q: &[f32; HD], k4: &[f32]) -> [f32; 4] {
-    let mut acc = [[0.0f32; LANES]; 4];
-    for c in 0..HD / LANES {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let k = &k4[j * HD + c * LANES..][..LANES];
-            for l in 0..LANES {
-                a[l] += q[c * LANES + l] * k[l];
-            }
-        }
-    }
-    acc.map(|a| {
-        let mut s = 0.0;
-        for l in a {
-            s += l;
-        }
-        s
-    })
-}
-
 const LANES: usize = 8;
 
-/// Dot product summed in 8 independent lanes, then the lanes in order (vectorizes without
-/// reassociation).
+/// Partial sums per score: dim `d` of a (query, key) dot product goes to partial `d % PARTS`,
+/// each summed in dim order from 0.0, and the score is `(p0 + p1) + (p2 + p3)`. Every score is
+/// computed exactly so, as a vector lane or alone.
+const PARTS: usize = 4;
+
+/// `out[i] = scale * q . key(slot0 + i)` for the keys of one block and KV head, `kt` its keys
+/// transposed (`[head_dim, block_size]`).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+fn key_scores(q: &[f32], kt: &[f32], bs: usize, slot0: usize, out: &mut [f32], scale: f32) {
+    let end = slot0 + out.len();
+    let mut s = slot0;
+    while s < end {
+        if bs % LANES == 0 {
+            // The 8 lanes of the aligned group holding `s` (some may be outside the run: their
+            // scores are computed and dropped).
+            let g0 = s - s % LANES;
+            let lanes = scores8(q, kt, bs, g0);
+            let stop = end.min(g0 + LANES);
+            for x in s..stop {
+                out[x - slot0] = lanes[x - g0] * scale;
+            }
+            s = stop;
+        } else {
+            out[s - slot0] = score1(q, kt, bs, s) * scale;
+            s += 1;
         }
     }
-    let mut s = 0.0;
-    for l in acc {
-        s += l;
-    }
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
 }
 
-/// `o += a * x`.
+/// The dot products of `q` with keys `g0..g0+8` of a transposed block (see [`PARTS`]).
 #[inline(always)]
-fn axpy(o: &mut [f32], a: f32, x: &[f32]) {
-    for (o, x) in o.iter_mut().zip(x) {
-        *o += a * x;
+fn scores8(q: &[f32], kt: &[f32], bs: usize, g0: usize) -> [f32; LANES] {
+    let mut parts = [[0.0f32; LANES]; PARTS];
+    // Unrolled by PARTS so that each partial stays in a register.
+    let whole = q.len() - q.len() % PARTS;
+    for d in (0..whole).step_by(PARTS) {
+        for (j, p) in parts.iter_mut().enumerate() {
+            lane_step(p, q[d + j], &kt[(d + j) * bs + g0..]);
+        }
     }
+    for d in whole..q.len() {
+        lane_step(&mut parts[d % PARTS], q[d], &kt[d * bs + g0..]);
+    }
+    let mut out = [0.0f32; LANES];
+    for l in 0..LANES {
+        out[l] = (parts[0][l] + parts[1][l]) + (parts[2][l] + parts[3][l]);
+    }
+    out
+}
+
+/// `p[l] += qd * k[l]` for the 8 lanes.
+#[inline(always)]
+fn lane_step(p: &mut [f32; LANES], qd: f32, k: &[f32]) {
+    for l in 0..LANES {
+        p[l] += qd * k[l];
+    }
+}
+
+/// The dot product of `q` with key `x` of a transposed block, as one lane of [`scores8`].
+#[inline(always)]
+fn score1(q: &[f32], kt: &[f32], bs: usize, x: usize) -> f32 {
+    let mut parts = [0.0f32; PARTS];
+    for (d, &qd) in q.iter().enumerate() {
+        parts[d % PARTS] += qd * kt[d * bs + x];
+    }
+    (parts[0] + parts[1]) + (parts[2] + parts[3])
+}
+
+/// `a += w[i] * value i` for each value row of `vals` (`[w.len(), head_dim]`), in order; the
+/// head held in registers when its size `HD` is a constant.
+#[inline(always)]
+fn accumulate<const HD: usize>(a: &mut [f32], vals: &[f32], w: &[f32]) {
+    if HD == 0 {
+        for (vr, &w) in vals.chunks_exact(a.len()).zip(w) {
+            for (a, x) in a.iter_mut().zip(vr) {
+                *a += w * x;
+            }
+        }
+        return;
+    }
+    let mut r = [0.0f32; HD];
+    r.copy_from_slice(a);
+    for (vr, &w) in vals.chunks_exact(HD).zip(w) {
+        for d in 0..HD {
+            r[d] += w * vr[d];
+        }
+    }
+    a.copy_from_slice(&r);
 }
 
 /// Rotates the first `2*half` dims of every head of `x` (`[rows, heads*head_dim]`) by the angle

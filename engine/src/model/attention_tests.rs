@@ -113,3 +113,46 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
     assert!(worst < 5e-7, "worst relative error {worst}");
     assert_eq!(exp8([0.0; LANES]), [1.0; LANES]);
 }
+
+#[test]
+fn grouping_query_heads_by_kv_head_changes_no_bit() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for head_dim in [64, 20] {
+        let g = Geometry { n_heads: 6, n_kv_heads: 2, head_dim, block_size: 4, sliding_window: Some(9) };
+        let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
+        // A prefill chunk of 21 tokens at 0 and a decode at 13 (their keys in other blocks).
+        let (a, b) = (21, 14);
+        let (blocks_a, blocks_b) = ([3u32, 0, 8, 1, 6, 2], [4u32, 7, 5, 9]);
+        let spans = [
+            Span { row: 0, len: a, pos: 0, blocks: &blocks_a },
+            Span { row: a, len: 1, pos: b - 1, blocks: &blocks_b },
+        ];
+        let mut kv = LayerKv::new(&g, 10);
+        let (k_b, v_b) = (random(&mut rng, b * kw), random(&mut rng, b * kw));
+        let prior = [Span { row: 0, len: b - 1, pos: 0, blocks: &blocks_b }];
+        kv.write(&g, &prior, &k_b[..(b - 1) * kw], &v_b[..(b - 1) * kw]);
+        let (k, v) = (random(&mut rng, (a + 1) * kw), random(&mut rng, (a + 1) * kw));
+        kv.write(&g, &spans, &k, &v);
+        let q = random(&mut rng, (a + 1) * w);
+        let alone = attend_grouped(&kv, &g, &spans, &q, 1);
+        let grouped = attend_grouped(&kv, &g, &spans, &q, 3);
+        assert_eq!(alone, grouped, "head_dim {head_dim}");
+        assert_eq!(attend(&kv, &g, &spans, &q), alone, "head_dim {head_dim}");
+    }
+}
+
+#[test]
+fn vector_lanes_score_like_lone_keys() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for hd in [64, 20, 3] {
+        let bs = 16;
+        let q = random(&mut rng, hd);
+        let kt = random(&mut rng, hd * bs);
+        for (slot0, n) in [(0, 16), (0, 1), (3, 9), (7, 2), (9, 7), (15, 1)] {
+            let mut got = vec![0.0; n];
+            key_scores(&q, &kt, bs, slot0, &mut got, 0.125);
+            let want: Vec<f32> = (slot0..slot0 + n).map(|x| score1(&q, &kt, bs, x) * 0.125).collect();
+            assert_eq!(got, want, "hd {hd} slots {slot0}+{n}");
+        }
+    }
+}
