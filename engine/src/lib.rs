@@ -16,6 +16,7 @@ pub(crate) mod kernels;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod model;
+mod pool;
 mod sampler;
 mod stop;
 pub mod tokenizer;

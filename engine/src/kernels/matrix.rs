@@ -1,8 +1,8 @@
 //! The shape every one of our quantized matmuls shares: a GGUF weight matrix borrowed from
 //! candle's `QTensor` (never requantized), checked once for its block layout, and
-//! `y[L, out] = x[L, in] @ W^T` run in parallel over tiles of output rows on the current rayon
-//! pool. What differs per weight type (how activations are quantized, the per-ISA dot
-//! products) is a [`Format`].
+//! `y[L, out] = x[L, in] @ W^T` run in parallel over tiles of output rows
+//! (`crate::pool::for_each`). What differs per weight type (how activations are quantized, the
+//! per-ISA dot products) is a [`Format`].
 //!
 //! **Invariant** (the batching scheduler relies on it): `y[t, r]` depends only on activation
 //! row `t`, weight row `r` and the instruction set, never on `L`, on the other rows of the
@@ -14,7 +14,6 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use rayon::prelude::*;
 
 use super::Isa;
 use crate::EngineError;
@@ -109,60 +108,101 @@ impl<F: Format> QuantMatrix<F> {
         self.cols
     }
 
-    /// `y[l, rows] = x[l, cols] @ W^T` with the instruction set chosen for this process.
+    /// `y[l, rows] = x[l, cols] @ W^T` with the instruction set chosen for this process (the
+    /// model calls [`QuantMatrix::matmul_many`]; the kernel tests call this).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn matmul(&self, x: &[f32], l: usize) -> candle_core::Result<Vec<f32>> {
         self.matmul_with(super::isa(), x, l)
     }
 
     /// [`QuantMatrix::matmul`] on a given instruction set (Scalar if `isa` is unavailable).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn matmul_with(
         &self,
         isa: Isa,
         x: &[f32],
         l: usize,
     ) -> candle_core::Result<Vec<f32>> {
-        if x.len() != l * self.cols {
+        let mut ys = Self::matmul_many_with(isa, &[self], x, l)?;
+        Ok(ys.pop().unwrap_or_default())
+    }
+
+    /// [`QuantMatrix::matmul`] of several matrices of the same width by the same input (a
+    /// layer's q/k/v, or gate/up): the activations are quantized once and every matrix's tiles
+    /// share one parallel region. Each result is the one `matmul` gives, bit for bit.
+    pub(crate) fn matmul_many(mats: &[&Self], x: &[f32], l: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+        Self::matmul_many_with(super::isa(), mats, x, l)
+    }
+
+    fn matmul_many_with(
+        isa: Isa,
+        mats: &[&Self],
+        x: &[f32],
+        l: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let Some(cols) = mats.first().map(|m| m.cols) else {
+            return Ok(Vec::new());
+        };
+        if let Some(m) = mats.iter().find(|m| m.cols != cols) {
+            candle_core::bail!("{:?} matmul: matrices of {cols} and {} columns share an input", F::DTYPE, m.cols);
+        }
+        if x.len() != l * cols {
             candle_core::bail!(
-                "{:?} matmul: input has {} values, expected {l} x {}",
+                "{:?} matmul: input has {} values, expected {l} x {cols}",
                 F::DTYPE,
                 x.len(),
-                self.cols
             );
         }
-        if self.cols == 0 {
+        if cols == 0 {
             // Empty dot products (and no blocks to tile).
-            return Ok(vec![0f32; l * self.rows]);
+            return Ok(mats.iter().map(|m| vec![0f32; l * m.rows]).collect());
         }
-        if l == 0 || self.rows == 0 {
-            return Ok(Vec::new());
+        if l == 0 {
+            return Ok(mats.iter().map(|_| Vec::new()).collect());
         }
         let isa = if isa.available() { isa } else { Isa::Scalar };
-        let nb = self.cols / F::BLOCK_VALUES;
+        let nb = cols / F::BLOCK_VALUES;
         let row_bytes = nb * F::BLOCK_BYTES;
-        let data = self.tensor.data()?;
+        let data = mats.iter().map(|m| m.tensor.data()).collect::<candle_core::Result<Vec<_>>>()?;
         let acts = F::quantize(x, l, nb);
-        // Tiles of rows: about 4 per thread for balance, at least 16 rows each.
-        let threads = rayon::current_num_threads().max(1);
-        let tile = self.rows.div_ceil(threads * 4).max(16);
-        // yt[rows, l]: each task owns a contiguous run of output rows.
-        let mut yt = vec![0f32; self.rows * l];
-        if threads == 1 {
-            // No hand-off to a pool thread (and back) when there is nothing to share.
-            F::dots(isa, &data, &acts, &mut yt);
-        } else {
-            yt.par_chunks_mut(tile * l)
-                .zip(data.as_ref().par_chunks(tile * row_bytes))
-                .for_each(|(ys, ws)| F::dots(isa, ws, &acts, ys));
-        }
-        if l == 1 {
-            return Ok(yt);
-        }
-        let mut y = vec![0f32; l * self.rows];
-        for (r, yr) in yt.chunks_exact(l).enumerate() {
-            for (t, v) in yr.iter().enumerate() {
-                y[t * self.rows + r] = *v;
+        // Each task computes a run of one matrix's output rows (`[rows, l]`, what the kernels
+        // write) and scatters it into its part of `y[l, rows]`, so that the transposition runs in
+        // parallel too. One task per matrix on one thread; else about 4 per thread over all the
+        // matrices, at least 16 rows each.
+        let threads = crate::pool::threads();
+        let total: usize = mats.iter().map(|m| m.rows).sum();
+        let tile = if threads == 1 { usize::MAX } else { total.div_ceil(threads * 4).max(16) };
+        let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; l * m.rows]).collect();
+        let mut tasks = Vec::new();
+        for ((y, w), m) in ys.iter_mut().zip(&data).zip(mats).filter(|(_, m)| m.rows > 0) {
+            let tile = tile.min(m.rows);
+            let first = tasks.len();
+            for (k, ws) in w.as_ref().chunks(tile * row_bytes).enumerate() {
+                tasks.push(std::sync::Mutex::new((ws, Vec::with_capacity(l), k * tile)));
+            }
+            for y_t in y.chunks_mut(m.rows) {
+                for (k, part) in y_t.chunks_mut(tile).enumerate() {
+                    tasks[first + k].get_mut().unwrap_or_else(|e| e.into_inner()).1.push(part);
+                }
             }
         }
-        Ok(y)
+        crate::pool::for_each(tasks.len(), |i| {
+            let mut task = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+            let (ws, parts, _) = &mut *task;
+            if let [y] = parts.as_mut_slice() {
+                // One token: the kernels' `[rows, 1]` is the output itself.
+                return F::dots(isa, ws, &acts, y);
+            }
+            let n = parts.first().map_or(0, |p| p.len());
+            let mut yt = vec![0f32; n * l];
+            F::dots(isa, ws, &acts, &mut yt);
+            for (t, part) in parts.iter_mut().enumerate() {
+                for (r, o) in part.iter_mut().enumerate() {
+                    *o = yt[r * l + t];
+                }
+            }
+        });
+        drop(tasks);
+        Ok(ys)
     }
 }

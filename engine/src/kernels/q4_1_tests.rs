@@ -291,3 +291,25 @@ fn bench_q4_1_row_pairs() {
         }
     }
 }
+
+#[test]
+fn matrices_sharing_an_input_give_each_its_own_matmul() {
+    // A layer's q/k/v shapes (and an empty one), one parallel region for all of them.
+    let mats: Vec<Q4_1Matrix> =
+        [(576, 11), (192, 12), (192, 13), (0, 14)].iter().map(|&(r, s)| Q4_1Matrix::new(random_q4_1(r, 576, s)).unwrap()).collect();
+    let refs: Vec<&Q4_1Matrix> = mats.iter().collect();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for l in [1, 3, 8, 19] {
+            let x = randoms(l * 576, 20 + l as u64);
+            let many = pool.install(|| Q4_1Matrix::matmul_many(&refs, &x, l).unwrap());
+            assert_eq!(many.len(), 4);
+            for (m, y) in mats.iter().zip(&many) {
+                assert_eq!(y, &m.matmul(&x, l).unwrap(), "{threads} threads, {l} tokens, {} rows", m.rows());
+            }
+        }
+    }
+    let narrow = Q4_1Matrix::new(random_q4_1(8, 64, 15)).unwrap();
+    let err = Q4_1Matrix::matmul_many(&[&mats[0], &narrow], &randoms(576, 1), 1).unwrap_err();
+    assert!(err.to_string().contains("columns"), "{err}");
+}

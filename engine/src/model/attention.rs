@@ -13,7 +13,8 @@
 //! change nothing, bit for bit (the AVX2 build of the loops differs only in register width: the
 //! per-lane arithmetic and the reduction order are the same, and Rust never fuses a*b+c).
 
-use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::config::RopeStyle;
 use crate::kernels::{isa, Isa};
@@ -93,6 +94,11 @@ struct Item {
     n: usize,
 }
 
+thread_local! {
+    /// This thread's buffers for [`attend`]'s work items.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// Per-thread buffers of [`attend`]'s work items.
 #[derive(Default)]
 struct Scratch {
@@ -110,7 +116,7 @@ pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> V
     // A KV head's query heads go together (its keys/values read once for all of them), unless
     // that leaves too few items to keep the pool busy (a lone decode: one per KV head).
     let tiles: usize = spans.iter().map(|s| s.len.div_ceil(QUERY_TILE)).sum();
-    let together = tiles * g.n_kv_heads >= 4 * rayon::current_num_threads();
+    let together = tiles * g.n_kv_heads >= 4 * crate::pool::threads();
     attend_grouped(kv, g, spans, q, if together { g.n_heads / g.n_kv_heads } else { 1 })
 }
 
@@ -128,23 +134,24 @@ fn attend_grouped(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32], per_ite
         }
     }
     let use_avx2 = isa() != Isa::Scalar;
-    let results: Vec<Vec<f32>> = items
-        .par_iter()
-        .map_init(Scratch::default, |scratch, it| {
-            let mut out = vec![0.0f32; it.n * it.heads * hd];
+    let results: Vec<Mutex<Vec<f32>>> = items.iter().map(|it| Mutex::new(vec![0.0f32; it.n * it.heads * hd])).collect();
+    crate::pool::for_each(items.len(), |i| {
+        let it = &items[i];
+        let mut out = results[i].lock().unwrap_or_else(|e| e.into_inner());
+        SCRATCH.with_borrow_mut(|scratch| {
             #[cfg(target_arch = "x86_64")]
             if use_avx2 {
                 // SAFETY: Isa other than Scalar is only chosen when AVX2+FMA are available.
                 unsafe { tile_avx2(kv, g, &spans[it.si], it, q, &mut out, scratch) };
-                return out;
+                return;
             }
             let _ = use_avx2;
             tile(kv, g, &spans[it.si], it, q, &mut out, scratch);
-            out
         })
-        .collect();
+    });
     let mut out = vec![0.0f32; rows * nh * hd];
-    for (it, r) in items.iter().zip(&results) {
+    for (it, r) in items.iter().zip(results) {
+        let r = r.into_inner().unwrap_or_else(|e| e.into_inner());
         let w = it.heads * hd;
         for i in 0..it.n {
             let dst = (spans[it.si].row + it.t0 + i) * nh * hd + it.h0 * hd;
@@ -329,7 +336,7 @@ fn key_scores(q: &[f32], kt: &[f32], bs: usize, slot0: usize, out: &mut [f32], s
     let end = slot0 + out.len();
     let mut s = slot0;
     while s < end {
-        if bs % LANES == 0 {
+        if bs.is_multiple_of(LANES) {
             // The 8 lanes of the aligned group holding `s` (some may be outside the run: their
             // scores are computed and dropped).
             let g0 = s - s % LANES;

@@ -128,9 +128,10 @@ impl Layer {
         let attn = self.attention(cfg, &h, s)?;
         let x = (x + self.wo.forward(&attn)?)?;
         let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, cfg.rms_eps)?;
-        let gate = self.w_gate.forward(&h)?.silu()?;
-        let up = self.w_up.forward(&h)?;
-        let mlp = self.w_down.forward(&(gate * up)?)?;
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.w_gate, &self.w_up], &h)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("gate/up matmul gave the wrong count".into()))?;
+        let mlp = self.w_down.forward(&swiglu(&gate, &up)?)?;
         x + mlp
     }
 
@@ -138,14 +139,14 @@ impl Layer {
     fn attention(&mut self, cfg: &ModelConfig, h: &Tensor, s: &Step) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let rows = s.positions.len();
-        let proj = |w: &Linear, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
-            let y = w.forward(h)?;
-            match b {
-                Some(b) => y.broadcast_add(b),
-                None => Ok(y),
-            }
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&self.wq, &self.wk, &self.wv], h)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("q/k/v matmul gave the wrong count".into()))?;
+        let bias = |y: Tensor, b: &Option<Tensor>| match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         };
-        let (q, k, v) = (proj(&self.wq, &self.bq)?, proj(&self.wk, &self.bk)?, proj(&self.wv, &self.bv)?);
+        let (q, k, v) = (bias(q, &self.bq)?, bias(k, &self.bk)?, bias(v, &self.bv)?);
         match (&mut self.kv, &s.device) {
             (Kv::Host(kv), _) => {
                 let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
@@ -182,5 +183,52 @@ impl Layer {
         let mats = [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down];
         let biases = [&self.bq, &self.bk, &self.bv].into_iter().flatten().map(v).sum::<usize>();
         mats.iter().map(|m| m.bytes()).sum::<usize>() + v(&self.attn_norm) + v(&self.ffn_norm) + biases
+    }
+}
+
+/// Elements per parallel item of [`swiglu`].
+const SWIGLU_CHUNK: usize = 4096;
+
+/// `silu(gate) * up`, what candle's `gate.silu()? * up` gives (its formula, `v / (1 + exp(-v))`,
+/// then the product), computed on the host in parallel chunks on the compute pool; any other
+/// device or dtype goes through candle.
+fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(host(gate) && host(up)) || gate.dims() != up.dims() {
+        return gate.silu()? * up;
+    }
+    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+    let u = up.flatten_all()?.to_vec1::<f32>()?;
+    let chunks: Vec<_> = g.chunks_mut(SWIGLU_CHUNK).zip(u.chunks(SWIGLU_CHUNK)).map(std::sync::Mutex::new).collect();
+    crate::pool::for_each(chunks.len(), |i| {
+        let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+        let (g, u) = &mut *chunk;
+        for (g, &u) in g.iter_mut().zip(u.iter()) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+    drop(chunks);
+    Tensor::from_vec(g, gate.dims(), gate.device())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn host_swiglu_gives_candles_values() {
+        // One chunk, several chunks and a ragged last one, on 1 and 2 threads.
+        for (rows, cols) in [(1, 1536), (3, 4000), (2, 64)] {
+            let gate = Tensor::randn(0f32, 3.0, (rows, cols), &Device::Cpu).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+            let want = (gate.silu().unwrap() * &up).unwrap().to_vec2::<f32>().unwrap();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| super::swiglu(&gate, &up)).unwrap();
+                assert_eq!(got.dims(), &[rows, cols]);
+                assert_eq!(got.to_vec2::<f32>().unwrap(), want, "{rows}x{cols}, {threads} threads");
+            }
+        }
     }
 }

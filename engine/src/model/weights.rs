@@ -97,9 +97,15 @@ impl Linear {
 
 /// `x[.., in] @ W^T -> [.., out]` on our kernels: `x` is read in place (f32, CPU).
 fn ours<F: Format>(m: &QuantMatrix<F>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut ys = ours_many(&[m], x)?;
+    ys.pop().ok_or_else(|| candle_core::Error::Msg("matmul gave no result".into()))
+}
+
+/// [`ours`] for several matrices by the same input (see [`QuantMatrix::matmul_many`]).
+fn ours_many<F: Format>(ms: &[&QuantMatrix<F>], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     let dims = x.dims().to_vec();
     let cols = dims.last().copied().unwrap_or(0);
-    if cols != m.cols() {
+    if let Some(m) = ms.iter().find(|m| m.cols() != cols) {
         candle_core::bail!(
             "{:?} matmul: input {dims:?}, weight has {} columns",
             F::DTYPE,
@@ -108,7 +114,7 @@ fn ours<F: Format>(m: &QuantMatrix<F>, x: &Tensor) -> candle_core::Result<Tensor
     }
     let l = x.elem_count() / cols.max(1);
     let x = x.contiguous()?; // no copy when already contiguous (the model's case)
-    let y = {
+    let ys = {
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("{:?} kernel runs on the CPU only", F::DTYPE);
@@ -120,13 +126,23 @@ fn ours<F: Format>(m: &QuantMatrix<F>, x: &Tensor) -> candle_core::Result<Tensor
             .ok_or_else(|| {
                 candle_core::Error::Msg(format!("{:?} matmul: short input", F::DTYPE))
             })?;
-        m.matmul(xs, l)?
+        QuantMatrix::matmul_many(ms, xs, l)?
     };
-    let mut out = dims;
-    if let Some(last) = out.last_mut() {
-        *last = m.rows();
-    }
-    Tensor::from_vec(y, out, x.device())
+    ms.iter()
+        .zip(ys)
+        .map(|(m, y)| {
+            let mut out = dims.clone();
+            if let Some(last) = out.last_mut() {
+                *last = m.rows();
+            }
+            Tensor::from_vec(y, out, x.device())
+        })
+        .collect()
+}
+
+/// `Some` of every matrix's `pick` when all of them have one.
+fn all_of<'a, T>(ls: &[&'a Linear], pick: fn(&'a Linear) -> Option<&'a T>) -> Option<Vec<&'a T>> {
+    ls.iter().map(|l| pick(l)).collect()
 }
 
 /// The tensor storage types we load: every type candle's CPU matmul implements and that
@@ -252,6 +268,29 @@ impl Embeddings {
 }
 
 impl Linear {
+    /// `x @ W^T` for several matrices by the same input (a layer's q/k/v, gate/up): when all
+    /// run on the same one of our kernels they share the activation quantization and one
+    /// parallel region ([`QuantMatrix::matmul_many`]); otherwise one [`Linear::forward`] each.
+    /// The values are [`Linear::forward`]'s either way.
+    pub(crate) fn forward_many(ls: &[&Linear], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        if let Some(ms) = all_of(ls, |l| if let Linear::Q4_1(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
+        if let Some(ms) = all_of(ls, |l| if let Linear::Q8_0(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
+        if let Some(ms) = all_of(ls, |l| if let Linear::Q4_0(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
+        if let Some(ms) = all_of(ls, |l| if let Linear::Q6K(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
+        if let Some(ms) = all_of(ls, |l| if let Linear::F32(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
+        ls.iter().map(|l| l.forward(x)).collect()
+    }
+
     /// Bytes of the matrix as stored (what one pass over it reads).
     pub(crate) fn bytes(&self) -> usize {
         match self {
