@@ -19,9 +19,10 @@
 //! (SmolLM2-135M: 46 KB, 377 MB for its 8192 positions), allocated zeroed so only the blocks
 //! written cost resident memory.
 //!
-//! Threads: Q4_1 matmuls and attention run on the current rayon pool (the caller's thread alone
-//! when that pool has one thread). candle 0.11's quantized matmuls (every other weight type,
-//! e.g. SmolLM2's Q8_0 tied output) run on candle's own global "barrier pool", sized once from
+//! Threads: our matmuls, attention and SwiGLU run on the current rayon pool (`crate::pool`;
+//! the caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
+//! (the weight types our kernels don't run) run on candle's own global "barrier pool", sized
+//! once from
 //! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the physical core count) on first use,
 //! NOT on the caller's rayon pool; candle-nn's norm kernels use the current rayon pool. So a
 //! `--threads N` setting must export `CANDLE_NUM_THREADS=N` and `RAYON_NUM_THREADS=N` before the
