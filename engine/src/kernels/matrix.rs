@@ -177,8 +177,8 @@ impl<F: Format> QuantMatrix<F> {
         for ((y, w), m) in ys.iter_mut().zip(&data).zip(mats).filter(|(_, m)| m.rows > 0) {
             let tile = tile.min(m.rows);
             let first = tasks.len();
-            for (k, ws) in w.as_ref().chunks(tile * row_bytes).enumerate() {
-                tasks.push(std::sync::Mutex::new((ws, Vec::with_capacity(l), k * tile)));
+            for ws in w.as_ref().chunks(tile * row_bytes) {
+                tasks.push(std::sync::Mutex::new((ws, Vec::with_capacity(l))));
             }
             for y_t in y.chunks_mut(m.rows) {
                 for (k, part) in y_t.chunks_mut(tile).enumerate() {
@@ -188,7 +188,7 @@ impl<F: Format> QuantMatrix<F> {
         }
         crate::pool::for_each(tasks.len(), |i| {
             let mut task = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
-            let (ws, parts, _) = &mut *task;
+            let (ws, parts) = &mut *task;
             if let [y] = parts.as_mut_slice() {
                 // One token: the kernels' `[rows, 1]` is the output itself.
                 return F::dots(isa, ws, &acts, y);

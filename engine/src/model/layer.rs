@@ -190,8 +190,8 @@ impl Layer {
 const SWIGLU_CHUNK: usize = 4096;
 
 /// `silu(gate) * up`, what candle's `gate.silu()? * up` gives (its formula, `v / (1 + exp(-v))`,
-/// then the product), computed on the host in parallel chunks on the compute pool; any other
-/// device or dtype goes through candle.
+/// then the product), computed on the host in parallel chunks (`crate::pool::for_each`); any
+/// other device or dtype goes through candle.
 fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
     if !(host(gate) && host(up)) || gate.dims() != up.dims() {
@@ -210,7 +210,6 @@ fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     drop(chunks);
     Tensor::from_vec(g, gate.dims(), gate.device())
 }
-
 
 #[cfg(test)]
 mod tests {
