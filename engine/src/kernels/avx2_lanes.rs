@@ -52,6 +52,17 @@ struct Acts<'a> {
     il: &'a Interleaved,
 }
 
+/// Builds the interleaved activations of `a` now (else the first task builds them while the
+/// others wait on the lock).
+pub(super) fn prepare_q4_1(a: &Q8_1Rows) {
+    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &a.s));
+}
+
+/// As [`prepare_q4_1`] for Q8_0 activations (of Q8_0 and Q4_0 weights).
+pub(super) fn prepare_q8_0(a: &Q8_0Rows) {
+    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]));
+}
+
 /// `yt[i*l + t]` = dot of Q4_1 weight row `i` of `w` with token `t` of `a`. Caller guarantees
 /// AVX2, FMA and F16C are available (`Isa::Avx2.available()`).
 pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {

@@ -33,6 +33,10 @@ pub(crate) trait Format {
     type Acts: Sync;
     /// Quantizes `l` rows of `nb` blocks (`x.len() == l * nb * BLOCK_VALUES`).
     fn quantize(x: &[f32], l: usize, nb: usize) -> Self::Acts;
+    /// Work on the activations that every task of a matmul would otherwise do on first use
+    /// (the AVX2 kernels' interleaved layout), done once before the parallel region so that no
+    /// task waits for another to build it.
+    fn prepare(_isa: Isa, _acts: &Self::Acts) {}
     /// Dots of `n` consecutive weight rows (`w`, `n * nb` blocks) with every activation row:
     /// `yt[i * l + t] = dot(row i, token t)`, `yt.len() == n * l`. `isa` is available.
     fn dots(isa: Isa, w: &[u8], a: &Self::Acts, yt: &mut [f32]);
@@ -165,6 +169,7 @@ impl<F: Format> QuantMatrix<F> {
         let row_bytes = nb * F::BLOCK_BYTES;
         let data = mats.iter().map(|m| m.tensor.data()).collect::<candle_core::Result<Vec<_>>>()?;
         let acts = F::quantize(x, l, nb);
+        F::prepare(isa, &acts);
         // Each task computes a run of one matrix's output rows (`[rows, l]`, what the kernels
         // write) and scatters it into its part of `y[l, rows]`, so that the transposition runs in
         // parallel too. One task per matrix on one thread; else about 4 per thread over all the

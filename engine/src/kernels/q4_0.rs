@@ -42,6 +42,14 @@ impl Format for Q4_0 {
         quantize_q8_0(x, l, nb)
     }
 
+    fn prepare(isa: Isa, a: &Q8_0Rows) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
+            super::avx2_lanes::prepare_q8_0(a);
+        }
+        let _ = (isa, a);
+    }
+
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
         match isa {
             #[cfg(target_arch = "x86_64")]

@@ -106,6 +106,14 @@ impl Format for Q4_1 {
         quantize_q8_1(x, l, nb)
     }
 
+    fn prepare(isa: Isa, a: &Q8_1Rows) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && !super::avx2_v1() && a.l > 0 {
+            super::avx2_lanes::prepare_q4_1(a);
+        }
+        let _ = (isa, a);
+    }
+
     fn dots(isa: Isa, w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
         if a.l == 0 {
             return;
