@@ -52,23 +52,21 @@ struct Acts<'a> {
     il: &'a Interleaved,
 }
 
-/// Builds the interleaved activations of `a` now (else the first task builds them while the
-/// others wait on the lock).
-pub(super) fn prepare_q4_1(a: &Q8_1Rows) {
-    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &a.s));
+/// The interleaved activations of `a`, built on first use (`Format::prepare` calls this before a
+/// matmul's parallel region, so that no task waits for another to build them).
+pub(super) fn prepare_q4_1(a: &Q8_1Rows) -> &Interleaved {
+    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &a.s))
 }
 
 /// As [`prepare_q4_1`] for Q8_0 activations (of Q8_0 and Q4_0 weights).
-pub(super) fn prepare_q8_0(a: &Q8_0Rows) {
-    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]));
+pub(super) fn prepare_q8_0(a: &Q8_0Rows) -> &Interleaved {
+    a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]))
 }
 
 /// `yt[i*l + t]` = dot of Q4_1 weight row `i` of `w` with token `t` of `a`. Caller guarantees
 /// AVX2, FMA and F16C are available (`Isa::Avx2.available()`).
 pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
-    let il = a
-        .lanes
-        .get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &a.s));
+    let il = prepare_q4_1(a);
     let acts = Acts {
         l: a.l,
         nb: a.nb,
@@ -89,9 +87,7 @@ pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
 }
 
 fn q8_acts(a: &Q8_0Rows) -> Acts<'_> {
-    let il = a
-        .lanes
-        .get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]));
+    let il = prepare_q8_0(a);
     Acts {
         l: a.l,
         nb: a.nb,

@@ -45,7 +45,7 @@ impl Format for Q4_0 {
     fn prepare(isa: Isa, a: &Q8_0Rows) {
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
-            super::avx2_lanes::prepare_q8_0(a);
+            let _ = super::avx2_lanes::prepare_q8_0(a);
         }
         let _ = (isa, a);
     }

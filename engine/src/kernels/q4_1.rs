@@ -109,7 +109,7 @@ impl Format for Q4_1 {
     fn prepare(isa: Isa, a: &Q8_1Rows) {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx2 && !super::avx2_v1() && a.l > 0 {
-            super::avx2_lanes::prepare_q4_1(a);
+            let _ = super::avx2_lanes::prepare_q4_1(a);
         }
         let _ = (isa, a);
     }
