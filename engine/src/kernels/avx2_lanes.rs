@@ -21,6 +21,12 @@
 //!
 //! Rows go in blocks of 8 (so their weights stay in L1 for every token tile); a block's rows
 //! past the matrix's end repeat its last row (computed, not written), so any row count works.
+//!
+//! With VNNI (`Vnni`, chosen by `kernels::vnni()`), `vpdpbusd` replaces each `maddubs` + `madd`
+//! (+ the i16 adds of Q4_1): the same exact integer sums, so the same bits, in half the
+//! instructions. The tiles are `#[inline(always)]` bodies generic over the variant, compiled
+//! into one `#[target_feature]` loop per variant (`rows_avx2`, `rows_avxvnni`,
+//! `rows_avx512vnni`): the VNNI instruction only runs inside a function built for it.
 
 use std::arch::x86_64::*;
 
@@ -28,7 +34,7 @@ use super::interleave::Interleaved;
 use super::matrix::QK;
 use super::q4_1::Q8_1Rows;
 use super::q8_0::Q8_0Rows;
-use super::{q4_0, q4_1, q8_0};
+use super::{q4_0, q4_1, q8_0, Vnni};
 
 /// Weight formats this module runs (const generic `K` of the kernels).
 const Q4_1: u8 = 0;
@@ -63,9 +69,10 @@ pub(super) fn prepare_q8_0(a: &Q8_0Rows) -> &Interleaved {
     a.lanes.get_or_init(|| Interleaved::new(a.l, a.nb, &a.qs, &a.d, &[]))
 }
 
-/// `yt[i*l + t]` = dot of Q4_1 weight row `i` of `w` with token `t` of `a`. Caller guarantees
-/// AVX2, FMA and F16C are available (`Isa::Avx2.available()`).
-pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
+/// `yt[i*l + t]` = dot of Q4_1 weight row `i` of `w` with token `t` of `a`, with `vnni`'s
+/// integer dots. Caller guarantees AVX2, FMA and F16C (`Isa::Avx2.available()`) and `vnni`
+/// (`Vnni::available`) are available.
+pub(super) fn dots_q4_1(vnni: Vnni, w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
     let il = prepare_q4_1(a);
     let acts = Acts {
         l: a.l,
@@ -73,17 +80,17 @@ pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
         qs: &a.qs,
         il,
     };
-    dots::<Q4_1>(w, &acts, yt)
+    dots::<Q4_1>(vnni, w, &acts, yt)
 }
 
 /// As [`dots_q4_1`] for Q8_0 weights and Q8_0 activations.
-pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
-    dots::<Q8_0>(w, &q8_acts(a), yt)
+pub(super) fn dots_q8_0(vnni: Vnni, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
+    dots::<Q8_0>(vnni, w, &q8_acts(a), yt)
 }
 
 /// As [`dots_q4_1`] for Q4_0 weights and Q8_0 activations.
-pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
-    dots::<Q4_0>(w, &q8_acts(a), yt)
+pub(super) fn dots_q4_0(vnni: Vnni, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
+    dots::<Q4_0>(vnni, w, &q8_acts(a), yt)
 }
 
 fn q8_acts(a: &Q8_0Rows) -> Acts<'_> {
@@ -98,29 +105,73 @@ fn q8_acts(a: &Q8_0Rows) -> Acts<'_> {
 
 /// Rows in blocks of 8 (their weights stay in L1 for every token tile), each against the
 /// groups of 8 tokens, then the group of 4, then the last 1-3 tokens one by one.
-fn dots<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+fn dots<const K: u8>(vnni: Vnni, w: &[u8], a: &Acts, yt: &mut [f32]) {
     let (nb, l, il) = (a.nb, a.l, a.il);
     if l == 0 || yt.is_empty() {
         return;
     }
     let rows = yt.len() / l;
-    let row_bytes = nb * block_bytes(K);
     // These checks make every pointer access of the tiles in bounds.
-    assert!(yt.len() == rows * l && w.len() >= rows * row_bytes);
+    assert!(yt.len() == rows * l && w.len() >= rows * nb * block_bytes(K));
     assert!(a.qs.len() >= l * nb * QK && il.d.len() >= l * nb);
     assert!(K != Q4_1 || il.s.len() >= l * nb);
     assert!(il.l8 + 4 * usize::from(il.has4) <= l && il.x8.len() >= il.l8 * nb * QK);
     assert!(!il.has4 || il.x4.len() >= 8 * nb * QK);
+    // SAFETY: the caller checked the CPU features (AVX2/FMA/F16C and `vnni`'s), the only
+    // precondition of these `target_feature` fns besides the bounds asserted above.
+    unsafe {
+        match vnni {
+            Vnni::None => rows_avx2::<K>(w, a, yt),
+            Vnni::Avx => rows_avxvnni::<K>(w, a, yt),
+            Vnni::Avx512 => rows_avx512vnni::<K>(w, a, yt),
+        }
+    }
+}
+
+/// `rows::<K, NO_VNNI>` built for AVX2. Safety: AVX2/FMA/F16C available, `dots`'s asserts hold.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+    // SAFETY: the caller's precondition.
+    unsafe { rows::<K, NO_VNNI>(w, a, yt) }
+}
+
+/// `rows::<K, AVX_VNNI>` built for AVX2 + AVX-VNNI. Safety: as [`rows_avx2`], and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn rows_avxvnni<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+    // SAFETY: the caller's precondition.
+    unsafe { rows::<K, AVX_VNNI>(w, a, yt) }
+}
+
+/// `rows::<K, AVX512_VNNI>` built for AVX2 + AVX-512 VNNI/VL (256-bit vectors only).
+/// Safety: as [`rows_avx2`], and AVX512-VNNI + AVX512-VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn rows_avx512vnni<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+    // SAFETY: the caller's precondition.
+    unsafe { rows::<K, AVX512_VNNI>(w, a, yt) }
+}
+
+/// Integer dot variants (const generic `V` of the tiles): `maddubs` + `madd`, `vpdpbusd` in its
+/// VEX (AVX-VNNI) or EVEX (AVX512-VNNI + VL) encoding.
+const NO_VNNI: u8 = 0;
+const AVX_VNNI: u8 = 1;
+const AVX512_VNNI: u8 = 2;
+
+/// The row and token loops of [`dots`]; inlined into a `rows_*` wrapper, so it runs with that
+/// wrapper's CPU features. Safety: `V`'s features available, `dots`'s asserts hold.
+#[inline(always)]
+unsafe fn rows<const K: u8, const V: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
+    let (nb, l, il) = (a.nb, a.l, a.il);
+    let rows = yt.len() / l;
+    let row_bytes = nb * block_bytes(K);
     let row = |r: usize| w[r.min(rows - 1) * row_bytes..].as_ptr();
-    // SAFETY (every tile call): the caller checked the CPU features (the only precondition of
-    // a `target_feature` fn); rows are clamped to the matrix and tokens stay below l, so every
-    // access lies within the slices asserted above.
+    // SAFETY (every tile call): rows are clamped to the matrix and tokens stay below l, so
+    // every access lies within the slices `dots` asserted; the features are the caller's.
     for r0 in (0..rows).step_by(8) {
         let r1 = (r0 + 8).min(rows);
         for g in 0..il.l8 / 8 {
             for r in (r0..r1).step_by(2) {
                 let next = (g == 0 && r + 8 < rows).then(|| [row(r + 8), row(r + 9)]);
-                let y = unsafe { tile8::<K>([row(r), row(r + 1)], a, g, next) };
+                let y = unsafe { tile8::<K, V>([row(r), row(r + 1)], a, g, next) };
                 for (i, yi) in y.iter().enumerate().take(r1 - r) {
                     yt[(r + i) * l + 8 * g..(r + i) * l + 8 * g + 8].copy_from_slice(yi);
                 }
@@ -130,7 +181,7 @@ fn dots<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
         if il.has4 {
             for r in (r0..r1).step_by(2) {
                 let next = (r + 2 < rows).then(|| row(r + 2));
-                let y = unsafe { tile4::<K>([row(r), row(r + 1)], a, next) };
+                let y = unsafe { tile4::<K, V>([row(r), row(r + 1)], a, next) };
                 for (i, yi) in y.iter().enumerate().take(r1 - r) {
                     yt[(r + i) * l + t..(r + i) * l + t + 4].copy_from_slice(yi);
                 }
@@ -139,11 +190,25 @@ fn dots<const K: u8>(w: &[u8], a: &Acts, yt: &mut [f32]) {
         }
         let next = (r1 < rows).then(|| row(r1));
         while t < l {
-            let y = unsafe { tile1::<K>(std::array::from_fn(|i| row(r0 + i)), a, t, next) };
+            let y = unsafe { tile1::<K, V>(std::array::from_fn(|i| row(r0 + i)), a, t, next) };
             for (r, v) in (r0..r1).zip(y) {
                 yt[r * l + t] = v;
             }
             t += 1;
+        }
+    }
+}
+
+/// `acc` + the exact sums of each i32 lane's 4 products `u8 * i8` (`vpdpbusd`, no saturation).
+/// Safety: `V`'s features (AVX-VNNI, or AVX512-VNNI + VL) available; `V != NO_VNNI`.
+#[inline(always)]
+unsafe fn dpbusd<const V: u8>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    // SAFETY: the caller's precondition.
+    unsafe {
+        if V == AVX_VNNI {
+            _mm256_dpbusd_avx_epi32(acc, u, s)
+        } else {
+            _mm256_dpbusd_epi32(acc, u, s)
         }
     }
 }
@@ -303,22 +368,24 @@ unsafe fn bcast<const Q: usize>(p: *const u8) -> __m256i {
 /// `k*Q`) with the interleaved activation vector `k` at `xb` (loaded once for the `R`):
 /// `wu[i]` holds the unsigned operand (Q4_1's nibbles, else `|w|`), `ws[i]` the signed weights
 /// (Q8_0/Q4_0). Safety: AVX2 available, `wu`/`ws` `8*Q` bytes each and `xb..xb+256` readable.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn group_sums<const K: u8, const Q: usize, const R: usize>(
+#[inline(always)]
+unsafe fn group_sums<const K: u8, const V: u8, const Q: usize, const R: usize>(
     wu: [*const u8; R],
     ws: [*const u8; R],
     xb: *const i8,
 ) -> [__m256i; R] {
-    let ones = _mm256_set1_epi16(1);
+    // SAFETY (the whole body): caller's precondition; unaligned reads.
+    unsafe {
     let mut sums = [_mm256_setzero_si256(); R];
     for k in 0..8 {
-        // SAFETY: caller's precondition; unaligned reads.
-        unsafe {
+        {
             let x = _mm256_loadu_si256(xb.add(32 * k) as *const __m256i);
             for i in 0..R {
                 let w = bcast::<Q>(wu[i].add(k * Q));
-                sums[i] = if K == Q4_1 {
+                sums[i] = if V != NO_VNNI {
+                    let x = if K == Q4_1 { x } else { _mm256_sign_epi8(x, bcast::<Q>(ws[i].add(k * Q))) };
+                    dpbusd::<V>(sums[i], w, x)
+                } else if K == Q4_1 {
                     // At most 16*15*127 per i16 lane after the 8 groups: no overflow.
                     _mm256_add_epi16(sums[i], _mm256_maddubs_epi16(w, x))
                 } else {
@@ -328,20 +395,21 @@ unsafe fn group_sums<const K: u8, const Q: usize, const R: usize>(
             }
         }
     }
-    if K == Q4_1 {
+    if K == Q4_1 && V == NO_VNNI {
         for s in &mut sums {
-            *s = _mm256_madd_epi16(*s, ones);
+            *s = _mm256_madd_epi16(*s, _mm256_set1_epi16(1));
         }
     }
     sums
+    }
 }
 
 /// Two weight rows (`a.nb` blocks at each `wp[i]`) against tokens `8g..8g+8` (interleaved group
 /// `g`): `[row][token]`; prefetches `next` (the rows 8 further on) as it goes.
 /// Safety: AVX2/FMA/F16C available, the rows readable, group `g` within `a.il.x8` (checked by
 /// `dots`).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile8<const K: u8>(
+#[inline(always)]
+unsafe fn tile8<const K: u8, const V: u8>(
     wp: [*const u8; 2],
     a: &Acts,
     g: usize,
@@ -382,7 +450,7 @@ unsafe fn tile8<const K: u8>(
             // Broadcast from memory (a load port), not by shuffles of the registers.
             std::hint::black_box((&mut wu, &mut ws));
             let wup = [wu[0].0.as_ptr(), wu[1].0.as_ptr()];
-            let sums = group_sums::<K, 4, 2>(wup, sgn, xg.add(b * 8 * QK));
+            let sums = group_sums::<K, V, 4, 2>(wup, sgn, xg.add(b * 8 * QK));
             let dx = _mm256_loadu_ps(dp.add(b * l));
             let sx = if K == Q4_1 {
                 _mm256_loadu_ps(sp.add(b * l))
@@ -414,8 +482,8 @@ unsafe fn tile8<const K: u8>(
 
 /// Two weight rows against the 4 tokens `a.il.l8..+4` (`a.il.x4`): `[row][token]`.
 /// Safety: as [`tile8`], with `a.il.has4`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile4<const K: u8>(
+#[inline(always)]
+unsafe fn tile4<const K: u8, const V: u8>(
     wp: [*const u8; 2],
     a: &Acts,
     next: Option<*const u8>,
@@ -450,7 +518,7 @@ unsafe fn tile4<const K: u8>(
             }
             std::hint::black_box((&mut wu, &mut ws));
             let xb = a.il.x4.as_ptr().add(b * 8 * QK);
-            let [sumi] = group_sums::<K, 8, 1>([wu.0.as_ptr()], [ws.0.as_ptr()], xb);
+            let [sumi] = group_sums::<K, V, 8, 1>([wu.0.as_ptr()], [ws.0.as_ptr()], xb);
             // [d0, m0, d1, m1]
             let f = _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(h0), h1));
             let f = _mm256_castps128_ps256(f);
@@ -480,8 +548,8 @@ unsafe fn tile4<const K: u8>(
 /// (`next`, `8 * a.nb` contiguous blocks) as it goes: 8 interleaved row streams otherwise
 /// stream from DRAM worse than one. Safety: AVX2/FMA/F16C available, each `wp[i]` points at
 /// `a.nb` readable blocks, `t < a.l` (checked by `dots`).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile1<const K: u8>(
+#[inline(always)]
+unsafe fn tile1<const K: u8, const V: u8>(
     wp: [*const u8; 8],
     a: &Acts,
     t: usize,
@@ -512,13 +580,16 @@ unsafe fn tile1<const K: u8>(
             for i in 0..8 {
                 let (h, u, s) = load_block::<K>(wp[i].add(b * bb));
                 hdr[i] = h;
-                m[i] = if K == Q4_1 {
+                m[i] = if V != NO_VNNI {
+                    let x = if K == Q4_1 { x } else { _mm256_sign_epi8(x, s) };
+                    dpbusd::<V>(_mm256_setzero_si256(), u, x)
+                } else if K == Q4_1 {
                     _mm256_maddubs_epi16(u, x)
                 } else {
                     block_dot::<K>(u, s, x)
                 };
             }
-            let sumi = if K == Q4_1 {
+            let sumi = if K == Q4_1 && V == NO_VNNI {
                 reduce8_i16(&m)
             } else {
                 reduce8(&m)

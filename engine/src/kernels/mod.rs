@@ -9,13 +9,14 @@
 //!
 //! Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar), made once at
 //! run time with `is_x86_feature_detected!` and overridable with the `AI_SANDBOX_KERNEL`
-//! environment variable (`scalar`, `avx2`, `avx512`; `candle` keeps candle's kernels for every
+//! environment variable (`scalar`, `avx2` (no VNNI), `avx512`; `candle` keeps candle's kernels for every
 //! type, see `model/weights.rs`; `avx2-v1` the previous AVX2 tiles for Q4_1/Q8_0/Q4_0 and the
 //! scalar activation quantizer, for A/B runs) for tests and benchmarks. All `unsafe` code of
 //! the crate's kernels lives in the per-ISA modules (`avx2*.rs`, `avx512.rs`).
 //!
 //! Q4_1, Q8_0 and Q4_0 run on AVX2 in `avx2_lanes.rs` (one (row, token) pair per vector lane,
-//! bit-identical to the scalar references; activations re-laid out by `interleave.rs`,
+//! bit-identical to the scalar references; their integer dots on VNNI where the CPU has it,
+//! [`vnni`]; activations re-laid out by `interleave.rs`,
 //! quantized by `avx2_quant.rs`); `avx2.rs` and `avx2_q8.rs` hold the previous tiles
 //! (`avx2-v1`).
 //!
@@ -111,6 +112,49 @@ impl Isa {
             .find(|i| i.available())
             .unwrap_or(Isa::Scalar)
     }
+}
+
+/// Which `vpdpbusd` the AVX2 lane kernels (`avx2_lanes.rs`) use for their integer dots: the
+/// same sums, so the same bits, as AVX2's `maddubs` + `madd` in fewer instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vnni {
+    /// AVX2 only.
+    None,
+    /// AVX-VNNI (VEX, 256-bit: Alder Lake, Sapphire Rapids and later, Zen 5).
+    Avx,
+    /// AVX512-VNNI + AVX512-VL on 256-bit vectors (Cascade Lake, Ice Lake, Zen 4).
+    Avx512,
+}
+
+impl Vnni {
+    /// Whether this CPU can run `self` (on top of `Isa::Avx2`, which the caller checks).
+    #[allow(unreachable_code)]
+    pub(crate) fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return match self {
+            Vnni::None => true,
+            Vnni::Avx => is_x86_feature_detected!("avxvnni"),
+            Vnni::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+        };
+        self == Vnni::None
+    }
+}
+
+/// The `Vnni` variant of the lane kernels: the best this CPU has, unless `AI_SANDBOX_KERNEL`
+/// names a plain AVX2 path (`avx2`, `avx2-v1`) or `scalar`. Decided once.
+pub(crate) fn vnni() -> Vnni {
+    static VNNI: OnceLock<Vnni> = OnceLock::new();
+    *VNNI.get_or_init(|| match std::env::var("AI_SANDBOX_KERNEL").as_deref() {
+        Ok("avx2" | "avx2-v1" | "scalar") => Vnni::None,
+        _ => [Vnni::Avx, Vnni::Avx512]
+            .into_iter()
+            .find(|v| v.available())
+            .unwrap_or(Vnni::None),
+    })
 }
 
 /// Whether `AI_SANDBOX_KERNEL=avx2-v1` asks for the previous AVX2 tiles of Q4_1, Q8_0 and Q4_0

@@ -123,7 +123,7 @@ impl Format for Q4_1 {
             if super::avx2_v1() {
                 return super::avx2::dots(w, a, yt);
             }
-            return super::avx2_lanes::dots_q4_1(w, a, yt);
+            return super::avx2_lanes::dots_q4_1(super::vnni(), w, a, yt);
         }
         for (y, wr) in yt
             .chunks_exact_mut(a.l)

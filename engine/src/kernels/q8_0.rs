@@ -146,7 +146,7 @@ impl Format for Q8_0 {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if super::avx2_v1() => super::avx2_q8::dots_q8_0(w, a, yt),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => super::avx2_lanes::dots_q8_0(w, a, yt),
+            Isa::Avx2 | Isa::Avx512 => super::avx2_lanes::dots_q8_0(super::vnni(), w, a, yt),
             _ => dots_scalar(w, a, yt),
         }
     }
