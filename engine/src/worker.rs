@@ -294,7 +294,7 @@ impl<M: LanguageModel, T: TokenText> Worker<M, T> {
             })
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| match &self.pool {
-            Some(pool) => pool.install(|| run(model)),
+            Some(pool) => pool.install(|| crate::pool::team(|| run(model))),
             None => run(model),
         }));
         let result = match outcome {
