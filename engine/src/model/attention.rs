@@ -239,7 +239,12 @@ fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: 
         scores.clear();
         scores.resize(it.heads * n_keys, 0.0);
         let mut j = 0;
+        let mut ahead = runs.clone().skip(1);
         for r in runs.clone() {
+            if let Some(n) = ahead.next() {
+                prefetch(&kv.k[n.base..n.base + hd * bs]);
+                prefetch(&kv.v[n.base + n.slot0 * hd..][..n.slots * hd]);
+            }
             let kt = &kv.k[r.base..r.base + hd * bs];
             for (hq, sc) in qrow.chunks_exact(hd).zip(scores.chunks_exact_mut(n_keys)) {
                 key_scores(hq, kt, bs, r.slot0, &mut sc[j..j + r.slots], scale);
@@ -267,6 +272,18 @@ fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: 
             }
         }
     }
+}
+
+/// Asks the CPU to bring `x` into L1 (a hint: the blocks of a sequence are scattered, so the
+/// hardware prefetcher starts cold on each).
+#[inline(always)]
+fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: a prefetch never faults; the address is inside `x`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+    }
+    let _ = x;
 }
 
 /// `x[i] = exp(x[i] - max)`; returns the sum (8 lanes, then the lanes in order).
