@@ -74,6 +74,10 @@ pub struct Args {
     /// Weight and KV-cache dtype on a GPU: bf16, f16 or f32 [default: bf16 on cuda].
     #[arg(long, env = "AI_SANDBOX_DTYPE", value_name = "DTYPE")]
     pub dtype: Option<String>,
+    /// KV-cache element type with --device cpu: f16 (half the memory, faster attention) or f32
+    /// (exact) [default: f16].
+    #[arg(long, env = "AI_SANDBOX_KV_CACHE_DTYPE", value_name = "DTYPE")]
+    pub kv_cache_dtype: Option<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* [default: any key or none accepted].
     #[arg(
         long,
@@ -101,6 +105,7 @@ pub struct FileConfig {
     pub max_batch_tokens: Option<usize>,
     pub device: Option<String>,
     pub dtype: Option<String>,
+    pub kv_cache_dtype: Option<String>,
     pub api_key: Option<String>,
 }
 
@@ -120,6 +125,7 @@ pub struct Config {
     pub max_batch_tokens: usize,
     pub device: String,
     pub dtype: Option<String>,
+    pub kv_cache_dtype: Option<String>,
     pub api_key: Option<String>,
 }
 
@@ -195,6 +201,7 @@ impl Config {
                 .unwrap_or(default_tokens),
             device,
             dtype: args.dtype.or(file.dtype).filter(|s| !s.is_empty()),
+            kv_cache_dtype: args.kv_cache_dtype.or(file.kv_cache_dtype).filter(|s| !s.is_empty()),
             api_key: args.api_key.or(file.api_key).filter(|s| !s.is_empty()),
         };
         if cfg.threads == Some(0) {
@@ -292,6 +299,12 @@ mod tests {
         assert_eq!((c.max_seqs, c.max_batch_tokens), (DEFAULT_GPU_MAX_SEQS, DEFAULT_GPU_MAX_BATCH_TOKENS));
         let c = Config::resolve(args(&["--device", "cpu-tensor", "--dtype", "bf16"]), file).unwrap();
         assert_eq!((c.device.as_str(), c.dtype.as_deref()), ("cpu-tensor", Some("bf16")));
+        // --kv-cache-dtype: unset (the engine's f16) unless the file or a flag says.
+        assert_eq!(c.kv_cache_dtype, None);
+        let file = parse_file("model: m\nkv_cache_dtype: f32\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(Config::resolve(args(&[]), file.clone()).unwrap().kv_cache_dtype.as_deref(), Some("f32"));
+        let c = Config::resolve(args(&["--kv-cache-dtype", "f16"]), file).unwrap();
+        assert_eq!(c.kv_cache_dtype.as_deref(), Some("f16"));
     }
 
     #[test]

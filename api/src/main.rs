@@ -50,7 +50,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, auth = cfg.api_key.is_some(), "listening; loading the model in the background");
 
     // Checked before anything loads: a bad --device/--dtype (or no GPU) fails the start.
-    let placement = ai_sandbox_engine::model::Placement::parse(&cfg.device, cfg.dtype.as_deref())?;
+    let placement = ai_sandbox_engine::model::Placement::parse(&cfg.device, cfg.dtype.as_deref(), cfg.kv_cache_dtype.as_deref())?;
     let loader_state = state.clone();
     let engine_cfg = ai_sandbox_engine::EngineConfig {
         model: cfg.model.clone(),

@@ -43,3 +43,14 @@ fn unknown_config_key_is_rejected() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bad_kv_cache_dtype_fails_the_start_naming_the_flag() {
+    let out = bin()
+        .args(["--model", "x.gguf", "--port", "0", "--kv-cache-dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kv-cache-dtype `bf16`: expected f16 or f32"), "{err}");
+}

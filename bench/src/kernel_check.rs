@@ -56,9 +56,9 @@ fn target(device: &str, dtype: &str) -> Result<(Device, DType), DeviceBenchError
     } else {
         device
     };
-    match Placement::parse(device, Some(dtype))? {
+    match Placement::parse(device, Some(dtype), None)? {
         Placement::Device { device, dtype } => Ok((device, dtype)),
-        Placement::Host => Err(DeviceBenchError::Invalid(format!(
+        Placement::Host { .. } => Err(DeviceBenchError::Invalid(format!(
             "--device {device}: no device placement to check"
         ))),
     }

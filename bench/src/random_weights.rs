@@ -140,7 +140,7 @@ fn device_name(model: &Model) -> String {
 
 fn dtype_name(p: &Placement) -> String {
     match p {
-        Placement::Host => "f32".into(),
+        Placement::Host { .. } => "f32".into(),
         Placement::Device { dtype, .. } => dtype.as_str().into(),
     }
 }
@@ -162,7 +162,7 @@ fn kv_block_cap(
     // per step minus one row).
     let elems =
         weight_elems_read_per_step(config) + (config.vocab_size * config.hidden_size) as u64;
-    let weights = elems as usize * placement.kv_elem_bytes();
+    let weights = elems as usize * placement.weight_elem_bytes();
     Some(free.saturating_sub(weights + RESERVE_BYTES) / per_block)
 }
 
@@ -177,7 +177,7 @@ pub fn run_random_weights(
             shape: opts.shape.clone(),
             known: ModelConfig::preset_names().join(", "),
         })?;
-    let placement = Placement::parse(&opts.device, opts.dtype.as_deref())?;
+    let placement = Placement::parse(&opts.device, opts.dtype.as_deref(), None)?;
     let device = placement.device();
     let facts = device_facts(&device);
     let copy_bytes = opts
@@ -215,7 +215,7 @@ pub fn run_random_weights(
     let load_s = start.elapsed().as_secs_f64();
 
     let weight_bytes_read =
-        weight_elems_read_per_step(&config) as f64 * placement.kv_elem_bytes() as f64;
+        weight_elems_read_per_step(&config) as f64 * placement.weight_elem_bytes() as f64;
     let kv_per_token = model.kv_bytes_per_token();
     let ctx_mean = mean_context(opts.prompt_len, opts.warmup_steps, opts.decode_steps);
     let step_bytes =
@@ -286,7 +286,7 @@ pub fn run_random_weights(
         shape: opts.shape.clone(),
         device: device_name(&model),
         device_name: facts.name,
-        placement: if matches!(placement, Placement::Host) {
+        placement: if matches!(placement, Placement::Host { .. }) {
             "host"
         } else {
             "device"

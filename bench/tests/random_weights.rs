@@ -79,13 +79,15 @@ fn check_report(r: &Value, placement: &str) {
     assert_eq!(r["placement"], placement);
     assert_eq!(r["dtype"], "f32");
     assert_eq!(r["device"], "cpu");
-    // f32 everywhere: 4 bytes a weight; K and V of every layer and KV head per position.
+    // f32 weights: 4 bytes each; K and V of every layer and KV head per position.
     let (all, read) = weight_elems(r);
     assert_eq!(r["weight_bytes"].as_f64(), Some(all * 4.0));
     assert_eq!(r["weight_bytes_read_per_step"].as_f64(), Some(read * 4.0));
     let c = &r["config"];
+    // ... except the host's KV cache, f16 by default (`--kv-cache-dtype`).
+    let kv_elem = if placement == "host" { 2 } else { 4 };
     let kv = 2
-        * 4
+        * kv_elem
         * c["n_layers"].as_u64().unwrap()
         * c["n_kv_heads"].as_u64().unwrap()
         * c["head_dim"].as_u64().unwrap();

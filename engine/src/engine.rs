@@ -77,7 +77,7 @@ impl EngineConfig {
             gpu_memory_utilization: crate::kv_budget::DEFAULT_GPU_MEMORY_UTILIZATION,
             max_seqs: DEFAULT_MAX_SEQS,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
-            placement: Placement::Host,
+            placement: Placement::default(),
         }
     }
 }

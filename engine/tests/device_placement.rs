@@ -53,7 +53,7 @@ fn device_placement_on_the_cpu_matches_the_host_kernels_for_every_tiny_architect
     for (i, arch) in Arch::ALL.into_iter().enumerate() {
         let tmp = TempDir::new(&format!("device-{}", arch.model_type()));
         let m = write_tiny_model(&tmp.0, arch, 300 + i as u64);
-        let mut host = load_hf(&tmp.0, Placement::Host);
+        let mut host = load_hf(&tmp.0, Placement::host_f32());
         let mut dev = load_hf(&tmp.0, cpu_tensor(DType::F32));
         let (h, d) = (packed_logits(&mut host, m.vocab_size), packed_logits(&mut dev, m.vocab_size));
         for (row, (h, d)) in h.iter().zip(&d).enumerate() {
@@ -83,7 +83,8 @@ fn device_placement_on_the_cpu_matches_the_host_kernels_for_every_tiny_architect
 #[test]
 fn smollm2_gguf_on_the_device_path_matches_the_host_kernels() {
     let mut gguf = ai_sandbox_engine::gguf::GgufFile::open(&smollm2_path()).expect("open SmolLM2 (scripts/fetch-model)");
-    let mut host = Model::load_with(&mut gguf, Some(256), &LoadOptions::default()).expect("host");
+    let host_options = LoadOptions { placement: Placement::host_f32(), ..LoadOptions::default() };
+    let mut host = Model::load_with(&mut gguf, Some(256), &host_options).expect("host");
     let options = LoadOptions { placement: cpu_tensor(DType::F32), ..LoadOptions::default() };
     let mut dev = Model::load_with(&mut gguf, Some(256), &options).expect("device");
     let vocab = host.config().vocab_size;
@@ -124,7 +125,7 @@ fn the_engine_serves_the_same_greedy_completion_on_both_placements() {
         }
         panic!("no Done");
     };
-    let host = run(Placement::Host);
+    let host = run(Placement::host_f32());
     assert!(!host.is_empty());
     assert_eq!(run(cpu_tensor(DType::F32)), host);
 }

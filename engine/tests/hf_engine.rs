@@ -81,7 +81,9 @@ fn request(prompt: Vec<u32>, sampling: SamplingParams, max_tokens: usize) -> Gen
 fn direct_model(dir: &Path) -> Model {
     let files = HfModelFiles::from_dir(dir).expect("files");
     let (config, weights) = files.open_model().expect("open model");
-    Model::load_safetensors(&weights, config, Some(128), &LoadOptions::default()).expect("load model")
+    // f32 KV cache: this compares with a float64 reference at 1e-4 (and with the engine below).
+    let options = LoadOptions { placement: ai_sandbox_engine::model::Placement::host_f32(), ..LoadOptions::default() };
+    Model::load_safetensors(&weights, config, Some(128), &options).expect("load model")
 }
 
 /// Greedy decoding with `Model::forward`: up to `max` tokens, stopping before an EOS id.

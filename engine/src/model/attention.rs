@@ -2,10 +2,12 @@
 //! position, writing a batch's keys/values into its sequences' blocks, and causal (optionally
 //! sliding-window) grouped-query attention of every query over its own sequence's blocks.
 //!
-//! Storage of one layer (`LayerKv`): values `[n_blocks, kv_heads, block_size, head_dim]` f32 and
+//! Storage of one layer (`LayerKv`): values `[n_blocks, kv_heads, block_size, head_dim]` and
 //! keys transposed inside each block, `[n_blocks, kv_heads, head_dim, block_size]`, so that the
-//! scores of 8 consecutive keys are 8 vector lanes (no horizontal sums). Allocated zeroed
-//! (untouched pages cost no RSS).
+//! scores of 8 consecutive keys are 8 vector lanes (no horizontal sums); f16 (`--kv-cache-dtype`,
+//! the default: half the bytes to read, +28% single-stream decode at 1,100-token contexts) or
+//! f32, widened to f32 as they are read (exactly: the F16C instruction in the AVX2 build, `half`
+//! elsewhere). Allocated zeroed (untouched pages cost no RSS).
 //!
 //! Determinism (what batching and the prefix cache rely on): every output row depends only on
 //! its own query and its own sequence's keys/values, summed in position order; which other
@@ -17,6 +19,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use super::config::RopeStyle;
+use super::placement::KvDtype;
 use crate::kernels::{isa, Isa};
 
 /// A sequence's slice of a batch: rows `row..row+len` of the batch are its tokens at positions
@@ -39,24 +42,93 @@ pub(crate) struct Geometry {
     pub sliding_window: Option<usize>,
 }
 
-/// One layer's keys and values.
-pub(crate) struct LayerKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+/// Where KV head `kv_head`'s part of `block` starts (in `k` and in `v`: both hold
+/// `block_size * head_dim` values per block and head).
+fn base(g: &Geometry, block: u32, kv_head: usize) -> usize {
+    (block as usize * g.n_kv_heads + kv_head) * g.block_size * g.head_dim
+}
+
+/// One layer's keys and values, in the element type chosen at load.
+pub(crate) enum LayerKv {
+    F16(Cache<F16>),
+    F32(Cache<f32>),
+}
+
+/// Keys and values of one layer (layouts in the module docs).
+pub(crate) struct Cache<E> {
+    k: Vec<E>,
+    v: Vec<E>,
+}
+
+/// A KV-cache element type.
+pub(crate) trait Elem: Copy + Default + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// The first 8 elements of `s` as f32; `SIMD`: the caller runs with AVX2 and F16C.
+    fn get8<const SIMD: bool>(s: &[Self]) -> [f32; LANES];
+}
+
+impl Elem for f32 {
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn get8<const SIMD: bool>(s: &[f32]) -> [f32; LANES] {
+        s[..LANES].try_into().expect("8 values")
+    }
+}
+
+/// The bits of an IEEE half.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct F16(u16);
+
+impl Elem for F16 {
+    fn from_f32(x: f32) -> F16 {
+        F16(half::f16::from_f32(x).to_bits())
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self.0).to_f32()
+    }
+    #[inline(always)]
+    fn get8<const SIMD: bool>(s: &[F16]) -> [f32; LANES] {
+        let s = &s[..LANES];
+        #[cfg(target_arch = "x86_64")]
+        if SIMD {
+            use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+            let mut out = [0f32; LANES];
+            // SAFETY: `s` holds 8 halves (16 bytes, read unaligned); the caller has F16C (`SIMD`).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i))) };
+            return out;
+        }
+        std::array::from_fn(|l| s[l].to_f32())
+    }
 }
 
 impl LayerKv {
-    pub(crate) fn new(g: &Geometry, n_blocks: usize) -> LayerKv {
+    pub(crate) fn new(g: &Geometry, n_blocks: usize, dtype: KvDtype) -> LayerKv {
         let n = n_blocks * g.n_kv_heads * g.block_size * g.head_dim;
-        LayerKv { k: vec![0.0; n], v: vec![0.0; n] }
+        match dtype {
+            KvDtype::F16 => LayerKv::F16(Cache { k: vec![F16::default(); n], v: vec![F16::default(); n] }),
+            KvDtype::F32 => LayerKv::F32(Cache { k: vec![0.0; n], v: vec![0.0; n] }),
+        }
     }
 
-    /// Where KV head `kv_head`'s part of `block` starts (in `k` and in `v`: both hold
-    /// `block_size * head_dim` values per block and head).
-    fn base(g: &Geometry, block: u32, kv_head: usize) -> usize {
-        (block as usize * g.n_kv_heads + kv_head) * g.block_size * g.head_dim
+    /// Stores the keys/values (`[rows, kv_heads*head_dim]`) of every span at its positions.
+    pub(crate) fn write(&mut self, g: &Geometry, spans: &[Span], k: &[f32], v: &[f32]) {
+        match self {
+            LayerKv::F16(c) => c.write(g, spans, k, v),
+            LayerKv::F32(c) => c.write(g, spans, k, v),
+        }
     }
+}
 
+impl<E: Elem> Cache<E> {
     /// Stores the keys/values (`[rows, kv_heads*head_dim]`) of every span at its positions.
     pub(crate) fn write(&mut self, g: &Geometry, spans: &[Span], k: &[f32], v: &[f32]) {
         let (hd, bs, width) = (g.head_dim, g.block_size, g.n_kv_heads * g.head_dim);
@@ -66,13 +138,15 @@ impl LayerKv {
                 let (block, slot) = (s.blocks[p / bs], p % bs);
                 let row = (s.row + i) * width;
                 for kvh in 0..g.n_kv_heads {
-                    let base = Self::base(g, block, kvh);
+                    let base = base(g, block, kvh);
                     let src = row + kvh * hd;
                     for (d, &x) in k[src..src + hd].iter().enumerate() {
-                        self.k[base + d * bs + slot] = x;
+                        self.k[base + d * bs + slot] = E::from_f32(x);
                     }
                     let dst = base + slot * hd;
-                    self.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                    for (o, &x) in self.v[dst..dst + hd].iter_mut().zip(&v[src..src + hd]) {
+                        *o = E::from_f32(x);
+                    }
                 }
             }
         }
@@ -122,6 +196,14 @@ pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> V
 
 /// [`attend`] with `per_item` query heads per work item (1 or the heads sharing a KV head).
 fn attend_grouped(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32], per_item: usize) -> Vec<f32> {
+    match kv {
+        LayerKv::F16(c) => attend_in(c, g, spans, q, per_item),
+        LayerKv::F32(c) => attend_in(c, g, spans, q, per_item),
+    }
+}
+
+/// [`attend_grouped`] over a cache of `E`.
+fn attend_in<E: Elem>(kv: &Cache<E>, g: &Geometry, spans: &[Span], q: &[f32], per_item: usize) -> Vec<f32> {
     let (nh, hd) = (g.n_heads, g.head_dim);
     let rows: usize = spans.iter().map(|s| s.row + s.len).max().unwrap_or(0);
     let tiles: usize = spans.iter().map(|s| s.len.div_ceil(QUERY_TILE)).sum();
@@ -146,7 +228,7 @@ fn attend_grouped(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32], per_ite
                 return;
             }
             let _ = use_avx2;
-            tile(kv, g, &spans[it.si], it, q, &mut out, scratch);
+            tile::<E, false>(kv, g, &spans[it.si], it, q, &mut out, scratch);
         })
     });
     let mut out = vec![0.0f32; rows * nh * hd];
@@ -162,9 +244,9 @@ fn attend_grouped(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32], per_ite
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
-    tile(kv, g, s, it, q, out, scratch)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<E: Elem>(kv: &Cache<E>, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    tile::<E, true>(kv, g, s, it, q, out, scratch)
 }
 
 /// Attention of work item `it` (`out`: `[it.n, it.heads, head_dim]`). Common head sizes get a
@@ -172,16 +254,16 @@ unsafe fn tile_avx2(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], 
 /// (query, key) pair is the same in all of them, and so is each head's, whichever heads share
 /// its item.
 #[inline(always)]
-fn tile(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+fn tile<E: Elem, const SIMD: bool>(kv: &Cache<E>, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     match g.head_dim {
-        64 => tile_hd::<64>(kv, g, s, it, q, out, scratch),
-        128 => tile_hd::<128>(kv, g, s, it, q, out, scratch),
-        _ => tile_hd::<0>(kv, g, s, it, q, out, scratch),
+        64 => tile_hd::<E, SIMD, 64>(kv, g, s, it, q, out, scratch),
+        128 => tile_hd::<E, SIMD, 128>(kv, g, s, it, q, out, scratch),
+        _ => tile_hd::<E, SIMD, 0>(kv, g, s, it, q, out, scratch),
     }
 }
 
 /// A run of keys that lies in one block: KV head's part of the block starts at `base` (see
-/// [`LayerKv::base`]), the run is its slots `slot0..slot0+slots`.
+/// [`base`]), the run is its slots `slot0..slot0+slots`.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     base: usize,
@@ -212,7 +294,7 @@ impl Iterator for Runs<'_> {
         let (b, slot0) = (self.blocks[self.j / bs], self.j % bs);
         let slots = (bs - slot0).min(self.end - self.j);
         self.j += slots;
-        Some(Run { base: LayerKv::base(self.g, b, self.kvh), slot0, slots })
+        Some(Run { base: base(self.g, b, self.kvh), slot0, slots })
     }
 }
 
@@ -227,7 +309,7 @@ fn keys_of<'a>(g: &'a Geometry, s: &'a Span, it: &Item, t: usize) -> (Runs<'a>, 
 }
 
 #[inline(always)]
-fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geometry, s: &Span, it: &Item, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     let (nh, bs) = (g.n_heads, g.block_size);
     let hd = if HD == 0 { g.head_dim } else { HD };
     let scale = 1.0 / (hd as f32).sqrt();
@@ -247,7 +329,7 @@ fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: 
             }
             let kt = &kv.k[r.base..r.base + hd * bs];
             for (hq, sc) in qrow.chunks_exact(hd).zip(scores.chunks_exact_mut(n_keys)) {
-                key_scores(hq, kt, bs, r.slot0, &mut sc[j..j + r.slots], scale);
+                key_scores::<E, SIMD>(hq, kt, bs, r.slot0, &mut sc[j..j + r.slots], scale);
             }
             j += r.slots;
         }
@@ -261,7 +343,7 @@ fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: 
         for r in runs {
             let vals = &kv.v[r.base + r.slot0 * hd..][..r.slots * hd];
             for (a, sc) in acc.chunks_exact_mut(hd).zip(scores.chunks_exact(n_keys)) {
-                accumulate::<HD>(a, vals, &sc[j..j + r.slots]);
+                accumulate::<E, SIMD, HD>(a, vals, &sc[j..j + r.slots]);
             }
             j += r.slots;
         }
@@ -277,9 +359,9 @@ fn tile_hd<const HD: usize>(kv: &LayerKv, g: &Geometry, s: &Span, it: &Item, q: 
 /// Asks the CPU to bring `x` into L1 (a hint: the blocks of a sequence are scattered, so the
 /// hardware prefetcher starts cold on each).
 #[inline(always)]
-fn prefetch(x: &[f32]) {
+fn prefetch<E>(x: &[E]) {
     #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
+    for line in x.chunks(64 / std::mem::size_of::<E>().max(1)) {
         // SAFETY: a prefetch never faults; the address is inside `x`.
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
     }
@@ -349,7 +431,7 @@ const PARTS: usize = 4;
 /// `out[i] = scale * q . key(slot0 + i)` for the keys of one block and KV head, `kt` its keys
 /// transposed (`[head_dim, block_size]`).
 #[inline(always)]
-fn key_scores(q: &[f32], kt: &[f32], bs: usize, slot0: usize, out: &mut [f32], scale: f32) {
+fn key_scores<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, slot0: usize, out: &mut [f32], scale: f32) {
     let end = slot0 + out.len();
     let mut s = slot0;
     while s < end {
@@ -357,7 +439,7 @@ fn key_scores(q: &[f32], kt: &[f32], bs: usize, slot0: usize, out: &mut [f32], s
             // The 8 lanes of the aligned group holding `s` (some may be outside the run: their
             // scores are computed and dropped).
             let g0 = s - s % LANES;
-            let lanes = scores8(q, kt, bs, g0);
+            let lanes = scores8::<E, SIMD>(q, kt, bs, g0);
             let stop = end.min(g0 + LANES);
             for x in s..stop {
                 out[x - slot0] = lanes[x - g0] * scale;
@@ -372,17 +454,17 @@ fn key_scores(q: &[f32], kt: &[f32], bs: usize, slot0: usize, out: &mut [f32], s
 
 /// The dot products of `q` with keys `g0..g0+8` of a transposed block (see [`PARTS`]).
 #[inline(always)]
-fn scores8(q: &[f32], kt: &[f32], bs: usize, g0: usize) -> [f32; LANES] {
+fn scores8<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, g0: usize) -> [f32; LANES] {
     let mut parts = [[0.0f32; LANES]; PARTS];
     // Unrolled by PARTS so that each partial stays in a register.
     let whole = q.len() - q.len() % PARTS;
     for d in (0..whole).step_by(PARTS) {
         for (j, p) in parts.iter_mut().enumerate() {
-            lane_step(p, q[d + j], &kt[(d + j) * bs + g0..]);
+            lane_step(p, q[d + j], E::get8::<SIMD>(&kt[(d + j) * bs + g0..]));
         }
     }
     for d in whole..q.len() {
-        lane_step(&mut parts[d % PARTS], q[d], &kt[d * bs + g0..]);
+        lane_step(&mut parts[d % PARTS], q[d], E::get8::<SIMD>(&kt[d * bs + g0..]));
     }
     let mut out = [0.0f32; LANES];
     for l in 0..LANES {
@@ -393,7 +475,7 @@ fn scores8(q: &[f32], kt: &[f32], bs: usize, g0: usize) -> [f32; LANES] {
 
 /// `p[l] += qd * k[l]` for the 8 lanes.
 #[inline(always)]
-fn lane_step(p: &mut [f32; LANES], qd: f32, k: &[f32]) {
+fn lane_step(p: &mut [f32; LANES], qd: f32, k: [f32; LANES]) {
     for l in 0..LANES {
         p[l] += qd * k[l];
     }
@@ -401,10 +483,10 @@ fn lane_step(p: &mut [f32; LANES], qd: f32, k: &[f32]) {
 
 /// The dot product of `q` with key `x` of a transposed block, as one lane of [`scores8`].
 #[inline(always)]
-fn score1(q: &[f32], kt: &[f32], bs: usize, x: usize) -> f32 {
+fn score1<E: Elem>(q: &[f32], kt: &[E], bs: usize, x: usize) -> f32 {
     let mut parts = [0.0f32; PARTS];
     for (d, &qd) in q.iter().enumerate() {
-        parts[d % PARTS] += qd * kt[d * bs + x];
+        parts[d % PARTS] += qd * kt[d * bs + x].to_f32();
     }
     (parts[0] + parts[1]) + (parts[2] + parts[3])
 }
@@ -412,11 +494,11 @@ fn score1(q: &[f32], kt: &[f32], bs: usize, x: usize) -> f32 {
 /// `a += w[i] * value i` for each value row of `vals` (`[w.len(), head_dim]`), in order; the
 /// head held in registers when its size `HD` is a constant.
 #[inline(always)]
-fn accumulate<const HD: usize>(a: &mut [f32], vals: &[f32], w: &[f32]) {
+fn accumulate<E: Elem, const SIMD: bool, const HD: usize>(a: &mut [f32], vals: &[E], w: &[f32]) {
     if HD == 0 {
         for (vr, &w) in vals.chunks_exact(a.len()).zip(w) {
             for (a, x) in a.iter_mut().zip(vr) {
-                *a += w * x;
+                *a += w * x.to_f32();
             }
         }
         return;
@@ -424,8 +506,12 @@ fn accumulate<const HD: usize>(a: &mut [f32], vals: &[f32], w: &[f32]) {
     let mut r = [0.0f32; HD];
     r.copy_from_slice(a);
     for (vr, &w) in vals.chunks_exact(HD).zip(w) {
-        for d in 0..HD {
-            r[d] += w * vr[d];
+        // HD (64 or 128) is a multiple of 8.
+        for d0 in (0..HD).step_by(LANES) {
+            let v = E::get8::<SIMD>(&vr[d0..]);
+            for l in 0..LANES {
+                r[d0 + l] += w * v[l];
+            }
         }
     }
     a.copy_from_slice(&r);

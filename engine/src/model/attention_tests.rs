@@ -30,9 +30,9 @@ fn reference(g: &Geometry, q: &[f32], k: &[f32], v: &[f32], len: usize) -> Vec<f
 /// Runs `len` tokens of one sequence through the paged path in chunks of `chunk`, with the
 /// block table `blocks`; returns every row's output.
 #[allow(clippy::too_many_arguments)]
-fn paged(g: &Geometry, n_blocks: usize, blocks: &[u32], q: &[f32], k: &[f32], v: &[f32], len: usize, chunk: usize) -> Vec<f32> {
+fn paged(dt: KvDtype, g: &Geometry, n_blocks: usize, blocks: &[u32], q: &[f32], k: &[f32], v: &[f32], len: usize, chunk: usize) -> Vec<f32> {
     let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
-    let mut kv = LayerKv::new(g, n_blocks);
+    let mut kv = LayerKv::new(g, n_blocks, dt);
     let mut out = Vec::new();
     for pos in (0..len).step_by(chunk) {
         let n = chunk.min(len - pos);
@@ -54,31 +54,40 @@ fn paged_attention_matches_dense_reference_with_window_gqa_and_scattered_blocks(
         let want = reference(&g, &q, &k, &v, len);
         // Blocks out of order, in a pool larger than needed.
         let blocks = [9u32, 2, 7, 0, 5, 11];
-        for chunk in [1, 3, 23] {
-            let got = paged(&g, 12, &blocks, &q, &k, &v, len, chunk);
-            let err = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-            assert!(err < 1e-5, "window {window:?} head_dim {head_dim} chunk {chunk}: max error {err}");
+        // An f16 cache rounds keys and values to 11 significant bits (values here within 1).
+        for (dt, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+            for chunk in [1, 3, 23] {
+                let got = paged(dt, &g, 12, &blocks, &q, &k, &v, len, chunk);
+                let err = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(err < tol, "{dt:?} window {window:?} head_dim {head_dim} chunk {chunk}: max error {err}");
+            }
         }
     }
 }
 
 #[test]
 fn a_row_is_bit_identical_alone_chunked_or_batched() {
+    for dt in [KvDtype::F32, KvDtype::F16] {
+        row_is_bit_identical_alone_chunked_or_batched(dt);
+    }
+}
+
+fn row_is_bit_identical_alone_chunked_or_batched(dt: KvDtype) {
     let mut rng = StdRng::seed_from_u64(3);
     let g = Geometry { n_heads: 4, n_kv_heads: 2, head_dim: 64, block_size: 4, sliding_window: None };
     let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
     let len = 19;
     let (q, k, v) = (random(&mut rng, len * w), random(&mut rng, len * kw), random(&mut rng, len * kw));
     let blocks_a = [0u32, 1, 2, 3, 4];
-    let whole = paged(&g, 16, &blocks_a, &q, &k, &v, len, len);
-    let one_by_one = paged(&g, 16, &blocks_a, &q, &k, &v, len, 1);
+    let whole = paged(dt, &g, 16, &blocks_a, &q, &k, &v, len, len);
+    let one_by_one = paged(dt, &g, 16, &blocks_a, &q, &k, &v, len, 1);
     assert_eq!(whole, one_by_one, "chunking changed a value");
 
     // The same sequence in a batch beside another one (other blocks, other rows).
     let blocks_b = [10u32, 11, 12];
     let other = 9;
     let (q2, k2, v2) = (random(&mut rng, other * w), random(&mut rng, other * kw), random(&mut rng, other * kw));
-    let mut kv = LayerKv::new(&g, 16);
+    let mut kv = LayerKv::new(&g, 16, dt);
     let spans = [
         Span { row: 0, len: other, pos: 0, blocks: &blocks_b },
         Span { row: other, len, pos: 0, blocks: &blocks_a },
@@ -86,7 +95,7 @@ fn a_row_is_bit_identical_alone_chunked_or_batched() {
     let cat = |a: &[f32], b: &[f32]| [a, b].concat();
     kv.write(&g, &spans, &cat(&k2, &k), &cat(&v2, &v));
     let batched = attend(&kv, &g, &spans, &cat(&q2, &q));
-    assert_eq!(&batched[other * w..], &whole[..], "batching changed a value");
+    assert_eq!(&batched[other * w..], &whole[..], "{dt:?}: batching changed a value");
 }
 
 #[test]
@@ -117,7 +126,7 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
 #[test]
 fn grouping_query_heads_by_kv_head_changes_no_bit() {
     let mut rng = StdRng::seed_from_u64(11);
-    for head_dim in [64, 20] {
+    for (head_dim, dt) in [(64, KvDtype::F32), (20, KvDtype::F32), (64, KvDtype::F16)] {
         let g = Geometry { n_heads: 6, n_kv_heads: 2, head_dim, block_size: 4, sliding_window: Some(9) };
         let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
         // A prefill chunk of 21 tokens at 0 and a decode at 13 (their keys in other blocks).
@@ -127,7 +136,7 @@ fn grouping_query_heads_by_kv_head_changes_no_bit() {
             Span { row: 0, len: a, pos: 0, blocks: &blocks_a },
             Span { row: a, len: 1, pos: b - 1, blocks: &blocks_b },
         ];
-        let mut kv = LayerKv::new(&g, 10);
+        let mut kv = LayerKv::new(&g, 10, dt);
         let (k_b, v_b) = (random(&mut rng, b * kw), random(&mut rng, b * kw));
         let prior = [Span { row: 0, len: b - 1, pos: 0, blocks: &blocks_b }];
         kv.write(&g, &prior, &k_b[..(b - 1) * kw], &v_b[..(b - 1) * kw]);
@@ -148,11 +157,39 @@ fn vector_lanes_score_like_lone_keys() {
         let bs = 16;
         let q = random(&mut rng, hd);
         let kt = random(&mut rng, hd * bs);
+        let kt16: Vec<F16> = kt.iter().map(|&x| F16::from_f32(x)).collect();
         for (slot0, n) in [(0, 16), (0, 1), (3, 9), (7, 2), (9, 7), (15, 1)] {
             let mut got = vec![0.0; n];
-            key_scores(&q, &kt, bs, slot0, &mut got, 0.125);
+            key_scores::<f32, false>(&q, &kt, bs, slot0, &mut got, 0.125);
             let want: Vec<f32> = (slot0..slot0 + n).map(|x| score1(&q, &kt, bs, x) * 0.125).collect();
             assert_eq!(got, want, "hd {hd} slots {slot0}+{n}");
+            // f16 keys: widened by `half` or by F16C, the same scores.
+            let want: Vec<f32> = (slot0..slot0 + n).map(|x| score1(&q, &kt16, bs, x) * 0.125).collect();
+            key_scores::<F16, false>(&q, &kt16, bs, slot0, &mut got, 0.125);
+            assert_eq!(got, want, "f16 hd {hd} slots {slot0}+{n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("f16c") {
+                key_scores::<F16, true>(&q, &kt16, bs, slot0, &mut got, 0.125);
+                assert_eq!(got, want, "f16 (F16C) hd {hd} slots {slot0}+{n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_widening_is_exact_both_ways() {
+    // Every finite half, widened by `half` and (where the CPU has it) by F16C, 8 at a time.
+    let all: Vec<F16> = (0..=u16::MAX).map(F16).filter(|h| h.to_f32().is_finite()).collect();
+    for c in all.chunks_exact(LANES) {
+        let plain = F16::get8::<false>(c);
+        for (h, p) in c.iter().zip(plain) {
+            assert_eq!(h.to_f32().to_bits(), p.to_bits());
+            assert_eq!(F16::from_f32(p).0, h.0, "round trip of {p}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("f16c") {
+            let simd = F16::get8::<true>(c);
+            assert_eq!(simd.map(f32::to_bits), plain.map(f32::to_bits));
         }
     }
 }

@@ -108,7 +108,7 @@ impl Layer {
             w_up: src.matrix(&p("ffn_up.weight"), cfg.ffn_size, h, at)?,
             w_down: src.matrix(&p("ffn_down.weight"), h, cfg.ffn_size, at)?,
             kv: match at {
-                Placement::Host => Kv::Host(LayerKv::new(geometry, n_blocks)),
+                Placement::Host { kv } => Kv::Host(LayerKv::new(geometry, n_blocks, *kv)),
                 Placement::Device { device, dtype } => Kv::Device(
                     DeviceKv::new(geometry, n_blocks, *dtype, device)
                         .map_err(|e| EngineError::Load(format!("KV cache of {n_blocks} blocks: {e}")))?,

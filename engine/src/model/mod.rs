@@ -14,10 +14,10 @@
 //! chunking never change a value.
 //!
 //! Memory: GGUF weights stay in their stored type (the embedding table is dequantized one row
-//! per token looked up); safetensors weights take 4 bytes each (twice a bf16 checkpoint); the KV
-//! cache is f32, `2 * n_layers * n_kv_heads * head_dim * 4` bytes per token
-//! (SmolLM2-135M: 46 KB, 377 MB for its 8192 positions), allocated zeroed so only the blocks
-//! written cost resident memory.
+//! per token looked up); safetensors weights take 4 bytes each (twice a bf16 checkpoint); the host
+//! KV cache is f16 (`--kv-cache-dtype`, or f32), `2 * n_layers * n_kv_heads * head_dim * 2` (4)
+//! bytes per token (SmolLM2-135M: 23 KB, 189 MB for its 8192 positions; f32 twice that),
+//! allocated zeroed so only the blocks written cost resident memory.
 //!
 //! Threads: our matmuls, attention and SwiGLU run on the current rayon pool (`crate::pool`;
 //! the caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
@@ -46,7 +46,7 @@ use attention::{Geometry, Span};
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
 use device_attention::DeviceBatch;
 use layer::{DeviceStep, Layer, Step};
-pub use placement::Placement;
+pub use placement::{KvDtype, Placement};
 use weights::{Embeddings, Linear, WeightSource};
 
 use crate::gguf::GgufFile;
@@ -247,7 +247,7 @@ impl Model {
         };
         let output_norm = src.vector("output_norm.weight", hidden, at)?;
         let freq_factors = if src.has("rope_freqs.weight") {
-            let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &Placement::Host)?;
+            let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &Placement::default())?;
             Some(t.to_vec1::<f32>()?)
         } else {
             None
@@ -255,7 +255,7 @@ impl Model {
         let tables = rope::build(&config, ctx_size, freq_factors.as_deref(), &Device::Cpu)?;
         // Each placement keeps the tables where its RoPE reads them.
         let (rope_cos, rope_sin, device_rope) = match at {
-            Placement::Host => (tables.cos.flatten_all()?.to_vec1::<f32>()?, tables.sin.flatten_all()?.to_vec1::<f32>()?, None),
+            Placement::Host { .. } => (tables.cos.flatten_all()?.to_vec1::<f32>()?, tables.sin.flatten_all()?.to_vec1::<f32>()?, None),
             Placement::Device { device, .. } => {
                 (Vec::new(), Vec::new(), Some((tables.cos.to_device(device)?, tables.sin.to_device(device)?)))
             }

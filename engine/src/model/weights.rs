@@ -359,7 +359,7 @@ impl WeightSource<'_> {
     /// A 1-D tensor of length `n` (f32 on the host, the placement's dtype on a device).
     pub(crate) fn vector(&mut self, name: &str, n: usize, at: &Placement) -> Result<Tensor, EngineError> {
         let (device, dtype) = match at {
-            Placement::Host => (Device::Cpu, DType::F32),
+            Placement::Host { .. } => (Device::Cpu, DType::F32),
             Placement::Device { device, dtype } => (device.clone(), *dtype),
         };
         let wrap = |e: candle_core::Error| EngineError::Load(format!("tensor `{name}`: {e}"));

@@ -372,10 +372,20 @@ fn smollm2_reference() -> &'static Vec<Vec<f32>> {
 /// Tests that want SmolLM2 loaded with `requantize_to_q8_0` set this before loading.
 pub static REQUANTIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Tests that want SmolLM2's KV cache in f16 (the server's default) set this before loading;
+/// otherwise it is f32, so the reference checks measure the weights' and activations' rounding.
+pub static KV_F16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn load_smollm2(ctx: usize) -> ai_sandbox_engine::model::Model {
+    use ai_sandbox_engine::model::{KvDtype, Placement};
     let mut g = ai_sandbox_engine::gguf::GgufFile::open(&smollm2_path()).expect("open SmolLM2");
+    let kv = match KV_F16.load(std::sync::atomic::Ordering::Relaxed) {
+        true => KvDtype::F16,
+        false => KvDtype::F32,
+    };
     let options = ai_sandbox_engine::model::LoadOptions {
         requantize_to_q8_0: REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed),
+        placement: Placement::Host { kv },
         ..Default::default()
     };
     ai_sandbox_engine::model::Model::load_with(&mut g, Some(ctx), &options).expect("load SmolLM2")
