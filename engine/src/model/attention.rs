@@ -82,18 +82,17 @@ impl Elem for f32 {
     }
 }
 
-/// The bits of an IEEE half.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(transparent)]
-pub(crate) struct F16(u16);
+/// The bits of an IEEE half. A plain `u16`, not a wrapper: `vec![0u16; n]` is a zeroed
+/// allocation whose untouched pages cost no RSS (a wrapper's `vec!` writes every element).
+pub(crate) type F16 = u16;
 
 impl Elem for F16 {
     fn from_f32(x: f32) -> F16 {
-        F16(half::f16::from_f32(x).to_bits())
+        half::f16::from_f32(x).to_bits()
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        half::f16::from_bits(self.0).to_f32()
+        half::f16::from_bits(self).to_f32()
     }
     #[inline(always)]
     fn get8<const SIMD: bool>(s: &[F16]) -> [f32; LANES] {
@@ -114,7 +113,7 @@ impl LayerKv {
     pub(crate) fn new(g: &Geometry, n_blocks: usize, dtype: KvDtype) -> LayerKv {
         let n = n_blocks * g.n_kv_heads * g.block_size * g.head_dim;
         match dtype {
-            KvDtype::F16 => LayerKv::F16(Cache { k: vec![F16::default(); n], v: vec![F16::default(); n] }),
+            KvDtype::F16 => LayerKv::F16(Cache { k: vec![0; n], v: vec![0; n] }),
             KvDtype::F32 => LayerKv::F32(Cache { k: vec![0.0; n], v: vec![0.0; n] }),
         }
     }

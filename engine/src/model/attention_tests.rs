@@ -157,7 +157,7 @@ fn vector_lanes_score_like_lone_keys() {
         let bs = 16;
         let q = random(&mut rng, hd);
         let kt = random(&mut rng, hd * bs);
-        let kt16: Vec<F16> = kt.iter().map(|&x| F16::from_f32(x)).collect();
+        let kt16: Vec<F16> = kt.iter().map(|&x| <F16 as Elem>::from_f32(x)).collect();
         for (slot0, n) in [(0, 16), (0, 1), (3, 9), (7, 2), (9, 7), (15, 1)] {
             let mut got = vec![0.0; n];
             key_scores::<f32, false>(&q, &kt, bs, slot0, &mut got, 0.125);
@@ -179,16 +179,16 @@ fn vector_lanes_score_like_lone_keys() {
 #[test]
 fn f16_widening_is_exact_both_ways() {
     // Every finite half, widened by `half` and (where the CPU has it) by F16C, 8 at a time.
-    let all: Vec<F16> = (0..=u16::MAX).map(F16).filter(|h| h.to_f32().is_finite()).collect();
+    let all: Vec<F16> = (0..=u16::MAX).filter(|h| h.to_f32().is_finite()).collect();
     for c in all.chunks_exact(LANES) {
-        let plain = F16::get8::<false>(c);
+        let plain = <F16 as Elem>::get8::<false>(c);
         for (h, p) in c.iter().zip(plain) {
             assert_eq!(h.to_f32().to_bits(), p.to_bits());
-            assert_eq!(F16::from_f32(p).0, h.0, "round trip of {p}");
+            assert_eq!(<F16 as Elem>::from_f32(p), *h, "round trip of {p}");
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("f16c") {
-            let simd = F16::get8::<true>(c);
+            let simd = <F16 as Elem>::get8::<true>(c);
             assert_eq!(simd.map(f32::to_bits), plain.map(f32::to_bits));
         }
     }
