@@ -44,6 +44,8 @@ mod avx2_q6k;
 mod avx2_q8;
 #[cfg(target_arch = "x86_64")]
 mod avx2_quant;
+#[cfg(target_arch = "x86_64")]
+mod avx2_reduce;
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512;
 mod dense;
