@@ -19,8 +19,9 @@
 //! bytes per token (SmolLM2-135M: 23 KB, 189 MB for its 8192 positions; f32 twice that),
 //! allocated zeroed so only the blocks written cost resident memory.
 //!
-//! Threads: our matmuls, attention and SwiGLU run on the current rayon pool (`crate::pool`;
-//! the caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
+//! Threads: our matmuls, attention and SwiGLU are spread by `crate::pool` over the current
+//! rayon pool's threads (during the worker's forward passes, as a spinning team of them; the
+//! caller's thread alone when that pool has one thread). candle 0.11's quantized matmuls
 //! (the weight types our kernels don't run) run on candle's own global "barrier pool", sized
 //! once from
 //! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the physical core count) on first use,
