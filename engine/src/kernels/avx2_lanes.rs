@@ -355,6 +355,45 @@ unsafe fn group_sums<const K: u8, const V: u8, const Q: usize, const R: usize>(
     }
 }
 
+/// As [`group_sums`] for VNNI and Q4_1/Q8_0, broadcasting each row's group straight from its
+/// packed block (`q[i]`: the block's quants) instead of from an expanded copy on the stack:
+/// Q4_1 groups `k` and `k + 4` are the low and high nibbles of the same 4 bytes, Q8_0's
+/// unsigned operand is `|w|` with the sign moved onto the activations.
+/// Safety: `V`'s features available (`V != NO_VNNI`), `K != Q4_0`, each `q[i]` 16 (Q4_1) or
+/// 32 (Q8_0) bytes readable and `xb..xb+256` readable.
+#[inline(always)]
+unsafe fn group_sums_direct<const K: u8, const V: u8, const R: usize>(
+    q: [*const u8; R],
+    xb: *const i8,
+) -> [__m256i; R] {
+    // SAFETY (the whole body): caller's precondition; unaligned reads.
+    unsafe {
+        let mut sums = [_mm256_setzero_si256(); R];
+        let lo = _mm256_set1_epi8(0x0F);
+        if K == Q4_1 {
+            for k in 0..4 {
+                let x0 = _mm256_loadu_si256(xb.add(32 * k) as *const __m256i);
+                let x1 = _mm256_loadu_si256(xb.add(32 * (k + 4)) as *const __m256i);
+                for i in 0..R {
+                    let w = bcast::<4>(q[i].add(4 * k));
+                    sums[i] = dpbusd::<V>(sums[i], _mm256_and_si256(w, lo), x0);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), lo);
+                    sums[i] = dpbusd::<V>(sums[i], hi, x1);
+                }
+            }
+        } else {
+            for k in 0..8 {
+                let x = _mm256_loadu_si256(xb.add(32 * k) as *const __m256i);
+                for i in 0..R {
+                    let w = bcast::<4>(q[i].add(4 * k));
+                    sums[i] = dpbusd::<V>(sums[i], _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+                }
+            }
+        }
+        sums
+    }
+}
+
 /// `R` weight rows (`a.nb` blocks at each `wp[i]`) against tokens `8g..8g+8` (interleaved group
 /// `g`): `[row][token]`; prefetches `next` (the rows 8 further on) as it goes.
 /// Safety: AVX2/FMA/F16C available, the rows readable, group `g` within `a.il.x8` (checked by
@@ -380,10 +419,17 @@ unsafe fn tile8<const K: u8, const V: u8, const R: usize>(
         for b in 0..nb {
             let mut hdr = [0i32; R];
             let mut sgn = [std::ptr::null(); R];
-            for i in 0..R {
-                if let Some(n) = next {
+            if let Some(n) = next {
+                for i in 0..R {
                     // A hint only: it never faults; `wrapping_add` keeps the address defined.
                     _mm_prefetch::<_MM_HINT_T0>(n[i].wrapping_add(b * bb) as *const i8);
+                }
+            }
+            let direct = V != NO_VNNI && K != Q4_0;
+            for i in 0..R {
+                if direct {
+                    hdr[i] = std::ptr::read_unaligned(wp[i].add(b * bb) as *const i32);
+                    continue;
                 }
                 let p = wp[i].add(b * bb);
                 let (h, u, s) = load_block::<K>(p);
@@ -401,7 +447,13 @@ unsafe fn tile8<const K: u8, const V: u8, const R: usize>(
             // Broadcast from memory (a load port), not by shuffles of the registers.
             std::hint::black_box((&mut wu, &mut ws));
             let wup: [*const u8; R] = std::array::from_fn(|i| wu[i].0.as_ptr());
-            let sums = group_sums::<K, V, 4, R>(wup, sgn, xg.add(b * 8 * QK));
+            let sums = if direct {
+                let qoff = if K == Q4_1 { 4 } else { 2 };
+                let q = std::array::from_fn(|i| wp[i].add(b * bb + qoff));
+                group_sums_direct::<K, V, R>(q, xg.add(b * 8 * QK))
+            } else {
+                group_sums::<K, V, 4, R>(wup, sgn, xg.add(b * 8 * QK))
+            };
             let dx = _mm256_loadu_ps(dp.add(b * l));
             let sx = if K == Q4_1 {
                 _mm256_loadu_ps(sp.add(b * l))

@@ -4,6 +4,11 @@
 //! (`crate::pool::for_each`). What differs per weight type (how activations are quantized, the
 //! per-ISA dot products) is a [`Format`].
 //!
+//! Where the AVX-512 VNNI panel kernels run (`super::panels()`) and the format has them, the
+//! matrix keeps its blocks in the panel layout instead (`panel.rs`: the same bytes reordered at
+//! load, candle's copy dropped); another instruction set asked for explicitly (the tests) gets
+//! the GGUF blocks back per task.
+//!
 //! **Invariant** (the batching scheduler relies on it): `y[t, r]` depends only on activation
 //! row `t`, weight row `r` and the instruction set, never on `L`, on the other rows of the
 //! batch, on the tiling or on the thread count. Activations are quantized row by row, and every
@@ -15,7 +20,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use super::Isa;
+use super::{panel, Isa};
 use crate::EngineError;
 
 /// Values per quantization block of every format here (Q4_0, Q4_1, Q8_0 and their activations).
@@ -34,18 +39,34 @@ pub(crate) trait Format {
     /// Quantizes `l` rows of `nb` blocks (`x.len() == l * nb * BLOCK_VALUES`).
     fn quantize(x: &[f32], l: usize, nb: usize) -> Self::Acts;
     /// Work on the activations that every task of a matmul would otherwise do on first use
-    /// (the AVX2 kernels' interleaved layout), done once before the parallel region so that no
-    /// task waits for another to build it.
-    fn prepare(_isa: Isa, _acts: &Self::Acts) {}
+    /// (the AVX2 kernels' interleaved layout, or what the panel kernels need when `panels`),
+    /// done once before the parallel region so that no task waits for another to build it.
+    fn prepare(_isa: Isa, _panels: bool, _acts: &Self::Acts) {}
     /// Dots of `n` consecutive weight rows (`w`, `n * nb` blocks) with every activation row:
     /// `yt[i * l + t] = dot(row i, token t)`, `yt.len() == n * l`. `isa` is available.
     fn dots(isa: Isa, w: &[u8], a: &Self::Acts, yt: &mut [f32]);
+    /// The format's panel layout, when it has panel kernels.
+    const PANEL: Option<panel::Spec> = None;
+    /// The dots of whole panels `w` with every token, into `y[t]` (one slice per token, each
+    /// as long as the rows wanted) with the panel kernels; called only where `super::panels()`
+    /// holds and `PANEL` is set.
+    fn panel_dots(_w: &[u8], _a: &Self::Acts, _y: &mut [&mut [f32]]) {
+        unreachable!("panel_dots of a format without panels")
+    }
+}
+
+/// Where a matrix's blocks are.
+enum Storage {
+    /// As the GGUF stores them, in candle's tensor.
+    Gguf(Arc<QTensor>),
+    /// Reordered into panels (`panel.rs`) of `F::PANEL`.
+    Panels(Vec<u8>),
 }
 
 /// A `[rows, cols]` weight matrix (rows = output features) of format `F`, sharing candle's
 /// storage.
 pub(crate) struct QuantMatrix<F: Format> {
-    tensor: Arc<QTensor>,
+    storage: Storage,
     rows: usize,
     cols: usize,
     // `fn() -> F`: the matrix holds no `F` (a marker type), so it is Send + Sync whatever `F`.
@@ -89,8 +110,15 @@ impl<F: Format> QuantMatrix<F> {
                  (and a multiple of {qk} columns)"
             )));
         }
+        let storage = match F::PANEL {
+            Some(spec) if super::panels() && rows > 0 && cols > 0 => {
+                let data = tensor.data().map_err(|e| EngineError::Load(format!("{name:?} matrix data: {e}")))?;
+                Storage::Panels(panel::pack(spec, &data, rows, cols / qk))
+            }
+            _ => Storage::Gguf(tensor),
+        };
         Ok(QuantMatrix {
-            tensor,
+            storage,
             rows,
             cols,
             format: PhantomData,
@@ -104,7 +132,18 @@ impl<F: Format> QuantMatrix<F> {
 
     /// Bytes of the stored weights.
     pub(crate) fn bytes(&self) -> usize {
-        self.tensor.storage_size_in_bytes()
+        match &self.storage {
+            Storage::Gguf(t) => t.storage_size_in_bytes(),
+            Storage::Panels(p) => p.len(),
+        }
+    }
+
+    /// The stored bytes and, for panels, their layout.
+    fn data(&self) -> candle_core::Result<(std::borrow::Cow<'_, [u8]>, Option<panel::Spec>)> {
+        match &self.storage {
+            Storage::Gguf(t) => Ok((t.data()?, None)),
+            Storage::Panels(p) => Ok((std::borrow::Cow::Borrowed(p.as_slice()), F::PANEL)),
+        }
     }
 
     /// Input features.
@@ -167,38 +206,57 @@ impl<F: Format> QuantMatrix<F> {
         let isa = if isa.available() { isa } else { Isa::Scalar };
         let nb = cols / F::BLOCK_VALUES;
         let row_bytes = nb * F::BLOCK_BYTES;
-        let data = mats.iter().map(|m| m.tensor.data()).collect::<candle_core::Result<Vec<_>>>()?;
+        let data = mats.iter().map(|m| m.data()).collect::<candle_core::Result<Vec<_>>>()?;
+        // Panels run on their kernels with the process's own instruction set; any other gets
+        // the GGUF blocks back.
+        let on_panels = isa == super::isa() && super::panels();
         let acts = F::quantize(x, l, nb);
-        F::prepare(isa, &acts);
+        F::prepare(isa, on_panels && F::PANEL.is_some(), &acts);
         // Each task computes a run of one matrix's output rows (`[rows, l]`, what the kernels
         // write) and scatters it into its part of `y[l, rows]`, so that the transposition runs in
         // parallel too. One task per matrix on one thread; else about 4 per thread over all the
         // matrices, at least 16 rows each.
         let threads = crate::pool::threads();
         let total: usize = mats.iter().map(|m| m.rows).sum();
-        let tile = if threads == 1 { usize::MAX } else { total.div_ceil(threads * 4).max(16) };
+        // Whole panels per task (a multiple of 16 rows).
+        let tile = if threads == 1 { usize::MAX } else { total.div_ceil(threads * 4).max(16).next_multiple_of(16) };
         let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; l * m.rows]).collect();
         let mut tasks = Vec::new();
-        for ((y, w), m) in ys.iter_mut().zip(&data).zip(mats).filter(|(_, m)| m.rows > 0) {
+        for ((y, (w, spec)), m) in ys.iter_mut().zip(&data).zip(mats).filter(|(_, m)| m.rows > 0) {
             let tile = tile.min(m.rows);
             let first = tasks.len();
-            for ws in w.as_ref().chunks(tile * row_bytes) {
-                tasks.push(std::sync::Mutex::new((ws, Vec::with_capacity(l))));
+            // Panel storage: a task's rows are whole panels, the last one padded.
+            let chunk = match spec {
+                Some(s) => tile.div_ceil(panel::ROWS) * nb * s.panel_block_bytes(),
+                None => tile * row_bytes,
+            };
+            for ws in w.as_ref().chunks(chunk) {
+                tasks.push(std::sync::Mutex::new((ws, *spec, Vec::with_capacity(l))));
             }
             for y_t in y.chunks_mut(m.rows) {
                 for (k, part) in y_t.chunks_mut(tile).enumerate() {
-                    tasks[first + k].get_mut().unwrap_or_else(|e| e.into_inner()).1.push(part);
+                    tasks[first + k].get_mut().unwrap_or_else(|e| e.into_inner()).2.push(part);
                 }
             }
         }
         crate::pool::for_each(tasks.len(), |i| {
             let mut task = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
-            let (ws, parts) = &mut *task;
+            let (ws, spec, parts) = &mut *task;
+            let n = parts.first().map_or(0, |p| p.len());
+            let mut gguf = Vec::new();
+            let ws: &[u8] = match spec {
+                // The panel kernels write each token's part directly.
+                Some(_) if on_panels => return F::panel_dots(ws, &acts, parts),
+                Some(s) => {
+                    panel::unpack_rows(*s, ws, nb, n, &mut gguf);
+                    &gguf
+                }
+                None => ws,
+            };
             if let [y] = parts.as_mut_slice() {
                 // One token: the kernels' `[rows, 1]` is the output itself.
                 return F::dots(isa, ws, &acts, y);
             }
-            let n = parts.first().map_or(0, |p| p.len());
             let mut yt = vec![0f32; n * l];
             F::dots(isa, ws, &acts, &mut yt);
             for (t, part) in parts.iter_mut().enumerate() {

@@ -20,7 +20,12 @@
 //! quantized by `avx2_quant.rs`); `avx2.rs` and `avx2_q8.rs` hold the previous tiles
 //! (`avx2-v1`).
 //!
-//! Only Q4_1 has an AVX-512 path: `Avx512` runs the other formats' AVX2 kernels.
+//! Where the CPU has AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), Q4_1 and
+//! Q8_0 matrices are stored in panels of 16 rows at load (`panel.rs`) and run on the 512-bit
+//! kernels of `avx512_panel.rs` ([`panels`]); `AI_SANDBOX_KERNEL=lanes` keeps the AVX2 lane
+//! kernels (with VNNI) for A/B runs.
+//!
+//! Only Q4_1 has an AVX-512 `Isa` path: `Avx512` runs the other formats' AVX2 kernels.
 //!
 //! The AVX-512 path is behind the off-by-default cargo feature `avx512`: on this project's
 //! 2-core EPYC it decodes no faster than AVX2 (the matmuls are no longer the bottleneck), and
@@ -48,11 +53,16 @@ mod avx2_quant;
 mod avx2_reduce;
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_panel;
 mod dense;
 // Read only by the x86-64 kernels.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod interleave;
 mod matrix;
+// Packed only where the x86-64 panel kernels run.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod panel;
 mod q4_0;
 mod q4_1;
 #[cfg_attr(not(test), allow(dead_code))]
@@ -156,6 +166,23 @@ pub(crate) fn vnni() -> Vnni {
             .into_iter()
             .find(|v| v.available())
             .unwrap_or(Vnni::None),
+    })
+}
+
+/// Whether Q4_1 and Q8_0 matrices go into panels for the AVX-512 VNNI kernels
+/// (`avx512_panel.rs`): the process runs `Isa::Avx2` with VNNI (so not `AI_SANDBOX_KERNEL=avx2`,
+/// `avx2-v1` or `scalar`), the CPU has AVX-512 F/BW/VNNI, and `AI_SANDBOX_KERNEL` is not
+/// `lanes`. Decided once.
+pub(crate) fn panels() -> bool {
+    static PANELS: OnceLock<bool> = OnceLock::new();
+    *PANELS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        return isa() == Isa::Avx2
+            && vnni() != Vnni::None
+            && std::env::var("AI_SANDBOX_KERNEL").map_or(true, |v| v != "lanes")
+            && avx512_panel::available();
+        #[allow(unreachable_code)]
+        false
     })
 }
 

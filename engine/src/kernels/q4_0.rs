@@ -42,7 +42,7 @@ impl Format for Q4_0 {
         quantize_q8_0(x, l, nb)
     }
 
-    fn prepare(isa: Isa, a: &Q8_0Rows) {
+    fn prepare(isa: Isa, _panels: bool, a: &Q8_0Rows) {
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
             let _ = super::avx2_lanes::prepare_q8_0(a);

@@ -106,12 +106,20 @@ impl Format for Q4_1 {
         quantize_q8_1(x, l, nb)
     }
 
-    fn prepare(isa: Isa, a: &Q8_1Rows) {
+    fn prepare(isa: Isa, panels: bool, a: &Q8_1Rows) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && !super::avx2_v1() && a.l > 0 {
+        if isa == Isa::Avx2 && !super::avx2_v1() && !panels && a.l > 0 {
             let _ = super::avx2_lanes::prepare_q4_1(a);
         }
-        let _ = (isa, a);
+        let _ = (isa, panels, a);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q4_1_SPEC);
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel_dots(w: &[u8], a: &Q8_1Rows, y: &mut [&mut [f32]]) {
+        super::avx512_panel::dots_q4_1(w, a, y)
     }
 
     fn dots(isa: Isa, w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {

@@ -32,6 +32,17 @@ pub(crate) struct Q8_0Rows {
     pub d: Vec<f32>,
     /// The same activations laid out for `avx2_lanes.rs`, built on first use.
     pub lanes: std::sync::OnceLock<super::interleave::Interleaved>,
+    /// `sum(q)` of each block (`l * nb`), for the panel kernels; built on first use.
+    pub sums: std::sync::OnceLock<Vec<i32>>,
+}
+
+impl Q8_0Rows {
+    /// Each block's quant sum, `[token][block]`.
+    pub(crate) fn block_sums(&self) -> &[i32] {
+        self.sums.get_or_init(|| {
+            self.qs.chunks_exact(QK).take(self.l * self.nb).map(|b| b.iter().map(|&q| i32::from(q)).sum()).collect()
+        })
+    }
 }
 
 /// Quantizes `l` rows of `nb*32` floats to Q8_0 (`quantize_row_q8_0_ref` semantics: the
@@ -43,6 +54,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], l: usize, nb: usize) -> Q8_0Rows {
         nb,
         qs: vec![0; n * QK],
         lanes: std::sync::OnceLock::new(),
+        sums: std::sync::OnceLock::new(),
         d: vec![0.0; n],
     };
     for ((xb, qb), d_out) in x
@@ -133,12 +145,24 @@ impl Format for Q8_0 {
         quantize_q8_0(x, l, nb)
     }
 
-    fn prepare(isa: Isa, a: &Q8_0Rows) {
+    fn prepare(isa: Isa, panels: bool, a: &Q8_0Rows) {
+        if panels {
+            let _ = a.block_sums();
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
             let _ = super::avx2_lanes::prepare_q8_0(a);
         }
         let _ = (isa, a);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q8_0_SPEC);
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
+        super::avx512_panel::dots_q8_0(w, a, a.block_sums(), y)
     }
 
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {

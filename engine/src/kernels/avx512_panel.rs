@@ -1,0 +1,188 @@
+//! AVX-512 VNNI kernels for Q4_1 x Q8_1 and Q8_0 x Q8_0 over the panel layout (`panel.rs`):
+//! one 512-bit vector holds 16 weight rows, so a token's 4 activation quants broadcast to all
+//! lanes (an embedded broadcast of `vpdpbusd`'s memory operand) give 16 rows' integer sums
+//! with no shuffle, no horizontal sum and no copy of the weights; a block's weights, unpacked
+//! once, serve up to 8 tokens.
+//!
+//! Every lane runs the scalar reference's arithmetic (`q4_1::row_dots_scalar`,
+//! `q8_0::scalar_dots`) operation for operation: the exact integer block sum (Q8_0's weights
+//! are stored `+ 128`, taken back out as `128 * sum(x)`), `as f32 * (d_w * d_x)` (`+ m_w * s_x`
+//! for Q4_1), added to the row's sum block by block. So the results equal scalar bit for bit
+//! whatever the batch (the invariant of `matrix.rs`), and the tests compare bits.
+
+use std::arch::x86_64::*;
+
+use super::matrix::QK;
+use super::panel::{self, ROWS};
+use super::q4_1::Q8_1Rows;
+use super::q8_0::Q8_0Rows;
+
+/// Weight formats (const generic `K`).
+const Q4_1: u8 = 0;
+const Q8_0: u8 = 1;
+
+/// Panel layout of each format.
+pub(super) const Q4_1_SPEC: panel::Spec = panel::Spec { halves: 2, quants: 16, flip: 0 };
+pub(super) const Q8_0_SPEC: panel::Spec = panel::Spec { halves: 1, quants: 32, flip: 0x80 };
+
+const fn spec(k: u8) -> panel::Spec {
+    if k == Q4_1 {
+        Q4_1_SPEC
+    } else {
+        Q8_0_SPEC
+    }
+}
+
+/// Whether this CPU runs these kernels.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// What the tiles read: row-major activations and, for Q8_0, each block's quant sum.
+struct Acts<'a> {
+    l: usize,
+    nb: usize,
+    qs: &'a [i8],
+    d: &'a [f32],
+    /// Q4_1: `s_x`; Q8_0: empty.
+    s: &'a [f32],
+    /// Q8_0: `sum(q_x)` per block; Q4_1: empty.
+    sums: &'a [i32],
+}
+
+/// `y[t][i]` = dot of weight row `i` (of the panels `w`) with token `t`, for the `y[t].len()`
+/// rows the panels hold (the rest of the last panel is padding): `y` has one slice per token,
+/// all of the same length. Panics unless [`available`].
+pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, y: &mut [&mut [f32]]) {
+    let acts = Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &a.s, sums: &[] };
+    dots::<Q4_1>(w, &acts, y)
+}
+
+/// As [`dots_q4_1`] for Q8_0 weights: `sums` holds each activation block's quant sum.
+pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, sums: &[i32], y: &mut [&mut [f32]]) {
+    let acts = Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &[], sums };
+    dots::<Q8_0>(w, &acts, y)
+}
+
+fn dots<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
+    let (l, nb) = (a.l, a.nb);
+    let rows = y.first().map_or(0, |y| y.len());
+    if l == 0 || rows == 0 {
+        return;
+    }
+    assert!(available(), "AVX-512 VNNI panel kernel on a CPU without it");
+    // These checks make every pointer access of the tiles in bounds.
+    assert!(y.len() == l && y.iter().all(|y| y.len() == rows));
+    assert!(w.len() >= rows.div_ceil(ROWS) * nb * spec(K).panel_block_bytes());
+    assert!(a.qs.len() >= l * nb * QK && a.d.len() >= l * nb);
+    assert!(K != Q4_1 || a.s.len() >= l * nb);
+    assert!(K != Q8_0 || a.sums.len() >= l * nb);
+    // SAFETY: the features were checked just above; the bounds by the asserts.
+    unsafe { panels::<K>(w, a, y) }
+}
+
+/// Safety: AVX-512 F/BW/VNNI and F16C available; `dots`'s asserts hold.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn panels<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
+    let (l, nb) = (a.l, a.nb);
+    let rows = y[0].len();
+    let pbytes = nb * spec(K).panel_block_bytes();
+    for p in 0..rows.div_ceil(ROWS) {
+        let wp = w[p * pbytes..].as_ptr();
+        let here = (rows - p * ROWS).min(ROWS);
+        // Lanes past the matrix's end (the padding rows) are not stored.
+        let mask: __mmask16 = if here == ROWS { !0 } else { (1 << here) - 1 };
+        let mut t0 = 0;
+        while t0 < l {
+            let n = (l - t0).min(8);
+            let mut out = [_mm512_setzero_ps(); 8];
+            // SAFETY: panel `p` and tokens t0..t0+n are within the asserted slices.
+            unsafe {
+                match n {
+                    1 => out[..1].copy_from_slice(&tile::<K, 1>(wp, a, t0)),
+                    2 => out[..2].copy_from_slice(&tile::<K, 2>(wp, a, t0)),
+                    3 => out[..3].copy_from_slice(&tile::<K, 3>(wp, a, t0)),
+                    4 => out[..4].copy_from_slice(&tile::<K, 4>(wp, a, t0)),
+                    5 => out[..5].copy_from_slice(&tile::<K, 5>(wp, a, t0)),
+                    6 => out[..6].copy_from_slice(&tile::<K, 6>(wp, a, t0)),
+                    7 => out[..7].copy_from_slice(&tile::<K, 7>(wp, a, t0)),
+                    _ => out = tile::<K, 8>(wp, a, t0),
+                }
+            }
+            for (j, v) in out.iter().enumerate().take(n) {
+                // SAFETY: rows p*16 .. p*16+here of token t0+j's slice (`here` lanes by the mask).
+                unsafe { _mm512_mask_storeu_ps(y[t0 + j].as_mut_ptr().add(p * ROWS), mask, *v) };
+            }
+            t0 += n;
+        }
+    }
+}
+
+/// Panel blocks ahead that [`tile`] prefetches.
+const PREFETCH: usize = 4;
+
+/// One panel (16 rows, `a.nb` blocks at `wp`) against tokens `t0..t0+T`: one vector of 16
+/// rows per token. Safety: as [`panels`], with the panel and the tokens in bounds.
+#[inline(always)]
+unsafe fn tile<const K: u8, const T: usize>(wp: *const u8, a: &Acts, t0: usize) -> [__m512; T] {
+    let (nb, pbb) = (a.nb, spec(K).panel_block_bytes());
+    let mut acc = [_mm512_setzero_ps(); T];
+    let nib = _mm512_set1_epi8(0x0F);
+    // SAFETY (pointer offsets and reads): within the slices checked by `dots`.
+    unsafe {
+        for b in 0..nb {
+            let blk = wp.add(b * pbb);
+            // The weights stream through once per token tile: ask for the block 4 ahead (past
+            // the panel's end: the next panel's, or nothing; a hint never faults).
+            let mut o = 0;
+            while o < pbb {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH * pbb + o) as *const i8);
+                o += 64;
+            }
+            let mut w = [_mm512_setzero_si512(); 8];
+            let (dw, mw);
+            if K == Q4_1 {
+                // Group j's low nibbles are values 4j..4j+4, its high nibbles 16+4j..: the
+                // activation groups j and j + 4.
+                for j in 0..4 {
+                    let v = _mm512_loadu_si512(blk.add(64 * j) as *const _);
+                    w[j] = _mm512_and_si512(v, nib);
+                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+                }
+                dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(256) as *const __m256i));
+                mw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(288) as *const __m256i));
+            } else {
+                for (j, wj) in w.iter_mut().enumerate() {
+                    *wj = _mm512_loadu_si512(blk.add(64 * j) as *const _);
+                }
+                dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(512) as *const __m256i));
+                mw = dw;
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let k = (t0 + i) * nb + b;
+                let xp = a.qs.as_ptr().add(k * QK) as *const i32;
+                let mut s = _mm512_setzero_si512();
+                for (j, wj) in w.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *wj, _mm512_set1_epi32(xp.add(j).read_unaligned()));
+                }
+                if K == Q8_0 {
+                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *a.sums.get_unchecked(k)));
+                }
+                let dx = _mm512_set1_ps(*a.d.get_unchecked(k));
+                let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx));
+                if K == Q4_1 {
+                    v = _mm512_add_ps(v, _mm512_mul_ps(mw, _mm512_set1_ps(*a.s.get_unchecked(k))));
+                }
+                *acc = _mm512_add_ps(*acc, v);
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+#[path = "avx512_panel_tests.rs"]
+mod tests;
