@@ -454,16 +454,22 @@ fn key_scores<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, slot0: 
 /// The dot products of `q` with keys `g0..g0+8` of a transposed block (see [`PARTS`]).
 #[inline(always)]
 fn scores8<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, g0: usize) -> [f32; LANES] {
+    // Checked once here rather than at every load (the checks cost as much as the arithmetic).
+    assert!(g0 + LANES <= bs && kt.len() >= q.len() * bs);
     let mut parts = [[0.0f32; LANES]; PARTS];
     // Unrolled by PARTS so that each partial stays in a register.
     let whole = q.len() - q.len() % PARTS;
     for d in (0..whole).step_by(PARTS) {
         for (j, p) in parts.iter_mut().enumerate() {
-            lane_step(p, q[d + j], E::get8::<SIMD>(&kt[(d + j) * bs + g0..]));
+            let o = (d + j) * bs + g0;
+            // SAFETY: d + j < q.len(), so o + LANES <= q.len() * bs <= kt.len() (asserted).
+            lane_step(p, q[d + j], E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) }));
         }
     }
     for d in whole..q.len() {
-        lane_step(&mut parts[d % PARTS], q[d], E::get8::<SIMD>(&kt[d * bs + g0..]));
+        let o = d * bs + g0;
+        // SAFETY: as above.
+        lane_step(&mut parts[d % PARTS], q[d], E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) }));
     }
     let mut out = [0.0f32; LANES];
     for l in 0..LANES {
