@@ -440,8 +440,17 @@ fn key_scores<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, slot0: 
             let g0 = s - s % LANES;
             let lanes = scores8::<E, SIMD>(q, kt, bs, g0);
             let stop = end.min(g0 + LANES);
-            for x in s..stop {
-                out[x - slot0] = lanes[x - g0] * scale;
+            if s == g0 && stop == g0 + LANES {
+                // A whole group: one vector multiply and store (the lanes never go through
+                // memory one by one).
+                let o: &mut [f32; LANES] = (&mut out[s - slot0..stop - slot0]).try_into().expect("8 scores");
+                for l in 0..LANES {
+                    o[l] = lanes[l] * scale;
+                }
+            } else {
+                for x in s..stop {
+                    out[x - slot0] = lanes[x - g0] * scale;
+                }
             }
             s = stop;
         } else {
