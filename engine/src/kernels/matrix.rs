@@ -53,6 +53,11 @@ pub(crate) trait Format {
     fn panel_dots(_w: &[u8], _a: &Self::Acts, _y: &mut [&mut [f32]]) {
         unreachable!("panel_dots of a format without panels")
     }
+    /// One GGUF block's values as candle dequantizes them (formats with `PANEL` only: a tied
+    /// embedding table is looked up from the packed output matrix).
+    fn dequantize_block(_b: &[u8], _out: &mut [f32]) {
+        unreachable!("dequantize_block of a format without panels")
+    }
 }
 
 /// Where a matrix's blocks are.
@@ -136,6 +141,27 @@ impl<F: Format> QuantMatrix<F> {
             Storage::Gguf(t) => t.storage_size_in_bytes(),
             Storage::Panels(p) => p.len(),
         }
+    }
+
+    /// Rows `ids` dequantized (`[ids, cols]`, candle's values) when the matrix is stored in
+    /// panels (a tied embedding table then lives only here); `None` for GGUF storage.
+    pub(crate) fn packed_rows(&self, ids: &[u32]) -> Option<candle_core::Result<Vec<f32>>> {
+        let (Storage::Panels(p), Some(spec)) = (&self.storage, F::PANEL) else {
+            return None;
+        };
+        let nb = self.cols / F::BLOCK_VALUES;
+        let mut blocks = vec![0u8; nb * spec.block_bytes()];
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            if id as usize >= self.rows {
+                return Some(Err(candle_core::Error::Msg(format!("token id {id} outside the {} rows", self.rows))));
+            }
+            panel::unpack_row(spec, p, nb, id as usize, &mut blocks);
+            for (b, o) in blocks.chunks_exact(spec.block_bytes()).zip(row.chunks_exact_mut(F::BLOCK_VALUES)) {
+                F::dequantize_block(b, o);
+            }
+        }
+        Some(Ok(out))
     }
 
     /// The stored bytes and, for panels, their layout.

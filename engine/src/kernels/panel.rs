@@ -68,13 +68,20 @@ pub(crate) fn pack(s: Spec, w: &[u8], rows: usize, nb: usize) -> Vec<u8> {
 /// The first `rows` rows of `panels` (whole panels of `nb` blocks) back as GGUF blocks,
 /// row-major, into `out` (cleared first).
 pub(crate) fn unpack_rows(s: Spec, panels: &[u8], nb: usize, rows: usize, out: &mut Vec<u8>) {
-    let (bb, pbb) = (s.block_bytes(), s.panel_block_bytes());
-    assert!(panels.len() >= rows.div_ceil(ROWS) * nb * pbb);
+    let bb = s.block_bytes();
+    assert!(panels.len() >= rows.div_ceil(ROWS) * nb * s.panel_block_bytes());
     out.clear();
     out.resize(rows * nb * bb, 0);
-    for (i, blk) in out.chunks_exact_mut(bb).enumerate() {
-        let (row, b) = (i / nb, i % nb);
-        let (p, r) = (row / ROWS, row % ROWS);
+    for (row, blocks) in out.chunks_exact_mut(nb * bb).enumerate() {
+        unpack_row(s, panels, nb, row, blocks);
+    }
+}
+
+/// Row `row` of `panels` back as its `nb` GGUF blocks (`out`: `nb * s.block_bytes()` bytes).
+pub(crate) fn unpack_row(s: Spec, panels: &[u8], nb: usize, row: usize, out: &mut [u8]) {
+    let (bb, pbb) = (s.block_bytes(), s.panel_block_bytes());
+    let (p, r) = (row / ROWS, row % ROWS);
+    for (b, blk) in out.chunks_exact_mut(bb).enumerate().take(nb) {
         let pb = &panels[(p * nb + b) * pbb..][..pbb];
         for h in 0..s.halves {
             blk[2 * h..][..2].copy_from_slice(&pb[s.quants * ROWS + (h * ROWS + r) * 2..][..2]);
@@ -113,6 +120,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rows_dequantized_from_panels_equal_candles_embedding() {
+        use crate::kernels::matrix::Format;
+        use crate::kernels::q4_1::Q4_1;
+        use crate::kernels::q8_0::Q8_0;
+        use candle_core::quantized::GgmlDType;
+        use candle_core::{Device, Tensor};
+        fn check<F: Format>(dtype: GgmlDType) {
+            let (rows, cols) = (37, 96);
+            let spec = F::PANEL.expect("a panel format");
+            let q = crate::kernels::test_util::random_matrix(dtype, rows, cols, 3);
+            let nb = cols / 32;
+            let panels = pack(spec, &q.data().unwrap(), rows, nb);
+            let ids = [0u32, 36, 17, 16, 5];
+            let want = q
+                .embedding(&Tensor::new(&ids[..], &Device::Cpu).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut got = Vec::new();
+            let mut blocks = vec![0u8; nb * spec.block_bytes()];
+            for &id in &ids {
+                unpack_row(spec, &panels, nb, id as usize, &mut blocks);
+                let mut row = vec![0f32; cols];
+                for (b, o) in blocks.chunks_exact(spec.block_bytes()).zip(row.chunks_exact_mut(32)) {
+                    F::dequantize_block(b, o);
+                }
+                got.extend(row);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{dtype:?}");
+        }
+        check::<Q4_1>(GgmlDType::Q4_1);
+        check::<Q8_0>(GgmlDType::Q8_0);
     }
 
     #[test]

@@ -122,6 +122,16 @@ impl Format for Q4_1 {
         super::avx512_panel::dots_q4_1(w, a, y)
     }
 
+    fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        // candle's `BlockQ4_1::to_float`: `q * d + m`.
+        let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        let m = f16::from_bits(u16::from_le_bytes([b[2], b[3]])).to_f32();
+        for (j, &q) in b[4..4 + QK / 2].iter().enumerate() {
+            out[j] = f32::from(q & 0x0F) * d + m;
+            out[j + QK / 2] = f32::from(q >> 4) * d + m;
+        }
+    }
+
     fn dots(isa: Isa, w: &[u8], a: &Q8_1Rows, yt: &mut [f32]) {
         if a.l == 0 {
             return;

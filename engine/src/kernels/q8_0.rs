@@ -165,6 +165,14 @@ impl Format for Q8_0 {
         super::avx512_panel::dots_q8_0(w, a, a.block_sums(), y)
     }
 
+    fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        // candle's `BlockQ8_0::to_float`: `q * d`.
+        let d = block_scale(b);
+        for (o, &q) in out.iter_mut().zip(&b[2..2 + QK]) {
+            *o = f32::from(q as i8) * d;
+        }
+    }
+
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
         match isa {
             #[cfg(target_arch = "x86_64")]

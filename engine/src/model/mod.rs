@@ -237,7 +237,7 @@ impl Model {
         if matches!(at, Placement::Device { .. }) && config.rope_dim != config.head_dim {
             return Err(EngineError::Unsupported("partial rotary embeddings on a device placement".into()));
         }
-        let embeddings = src.embeddings("token_embd.weight", vocab, hidden, at)?;
+        let mut embeddings = src.embeddings("token_embd.weight", vocab, hidden, at)?;
         let tied_output = !src.has("output.weight");
         let output = if !tied_output {
             src.matrix("output.weight", vocab, hidden, at)?
@@ -246,6 +246,11 @@ impl Model {
                 EngineError::Load(format!("tied output from token_embd.weight: {e}"))
             })?
         };
+        if tied_output && output.packed_rows(&[]).is_some() {
+            // The output matrix repacked its copy of the table: look tokens up there and drop
+            // the GGUF copy (the table once in memory, not twice).
+            embeddings = Embeddings::Tied;
+        }
         let output_norm = src.vector("output_norm.weight", hidden, at)?;
         let freq_factors = if src.has("rope_freqs.weight") {
             let t = src.vector("rope_freqs.weight", config.rope_dim / 2, &Placement::default())?;
@@ -378,7 +383,7 @@ impl Model {
             return Err(EngineError::invalid("no tokens to run", None));
         }
         let n_ids = ids.len();
-        let mut x = self.embeddings.lookup(&Tensor::from_vec(ids, n_ids, &self.device)?)?;
+        let mut x = self.embeddings.lookup(&Tensor::from_vec(ids, n_ids, &self.device)?, &self.output)?;
         let geometry = self.geometry();
         let device = match &self.device_rope {
             None => None,

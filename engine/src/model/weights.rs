@@ -81,6 +81,16 @@ impl Linear {
             .map_err(|e| EngineError::Load(format!("weight matrix: {e}")))
     }
 
+    /// Rows `ids` as f32 when the matrix keeps its blocks only in our panel layout (see
+    /// `kernels::panels()`); `None` otherwise.
+    pub(crate) fn packed_rows(&self, ids: &[u32]) -> Option<candle_core::Result<Vec<f32>>> {
+        match self {
+            Linear::Q4_1(m) => m.packed_rows(ids),
+            Linear::Q8_0(m) => m.packed_rows(ids),
+            _ => None,
+        }
+    }
+
     /// `x[.., in] @ W^T -> [.., out]`, f32.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
@@ -245,16 +255,28 @@ pub(crate) enum WeightSource<'a> {
 pub(crate) enum Embeddings {
     /// As stored (host placement): GGUF types dequantized per row looked up.
     Table(Arc<QTensor>),
+    /// The rows of the (tied) output matrix, which holds the table in its panel layout
+    /// ([`Linear::packed_rows`]): one copy of the table, not two.
+    Tied,
     /// `[vocab, hidden]` on the device in the model's dtype.
     Dense(Tensor),
 }
 
 impl Embeddings {
-    /// Rows `ids` as `[ids, hidden]` (f32 on the host, the dtype on a device).
-    pub(crate) fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    /// Rows `ids` as `[ids, hidden]` (f32 on the host, the dtype on a device); `output` is the
+    /// model's output matrix (read by [`Embeddings::Tied`]).
+    pub(crate) fn lookup(&self, ids: &Tensor, output: &Linear) -> candle_core::Result<Tensor> {
         match self {
             Embeddings::Table(t) => t.embedding(ids),
             Embeddings::Dense(t) => t.index_select(ids, 0),
+            Embeddings::Tied => {
+                let list = ids.to_vec1::<u32>()?;
+                let rows = output
+                    .packed_rows(&list)
+                    .ok_or_else(|| candle_core::Error::Msg("tied embeddings without a packed output matrix".into()))??;
+                let hidden = rows.len().checked_div(list.len()).unwrap_or(0);
+                Tensor::from_vec(rows, (list.len(), hidden), ids.device())
+            }
         }
     }
 
@@ -262,6 +284,7 @@ impl Embeddings {
     pub(crate) fn bytes(&self) -> usize {
         match self {
             Embeddings::Table(t) => t.storage_size_in_bytes(),
+            Embeddings::Tied => 0,
             Embeddings::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
         }
     }
@@ -398,6 +421,7 @@ impl WeightSource<'_> {
             (_, Embeddings::Dense(t)) => Ok(Linear::Device(t.clone())),
             (WeightSource::Gguf { .. }, Embeddings::Table(t)) => Linear::new(t.clone()),
             (_, Embeddings::Table(t)) => Linear::dense(t.clone()),
+            (_, Embeddings::Tied) => Err(EngineError::Internal("the output matrix of tied embeddings was already built".into())),
         }
     }
 }
