@@ -34,6 +34,8 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx2_block;
+#[cfg(target_arch = "x86_64")]
 mod avx2_dense;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
