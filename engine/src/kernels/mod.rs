@@ -9,10 +9,10 @@
 //!
 //! Owns the choice of instruction set (AVX-512 VNNI, AVX2+FMA+F16C or scalar), made once at
 //! run time with `is_x86_feature_detected!` and overridable with the `AI_SANDBOX_KERNEL`
-//! environment variable (`scalar`, `avx2` (no VNNI), `avx512`; `candle` keeps candle's kernels for every
+//! environment variable (`scalar`, `avx2` (no VNNI), `lanes` (no panels), `avx512`; `candle` keeps candle's kernels for every
 //! type, see `model/weights.rs`; `avx2-v1` the previous AVX2 tiles for Q4_1/Q8_0/Q4_0 and the
 //! scalar activation quantizer, for A/B runs) for tests and benchmarks. All `unsafe` code of
-//! the crate's kernels lives in the per-ISA modules (`avx2*.rs`, `avx512.rs`).
+//! the crate's kernels lives in the per-ISA modules (`avx2*.rs`, `avx512*.rs`).
 //!
 //! Q4_1, Q8_0 and Q4_0 run on AVX2 in `avx2_lanes.rs` (one (row, token) pair per vector lane,
 //! bit-identical to the scalar references; their integer dots on VNNI where the CPU has it,
@@ -25,7 +25,8 @@
 //! kernels of `avx512_panel.rs` ([`panels`]); `AI_SANDBOX_KERNEL=lanes` keeps the AVX2 lane
 //! kernels (with VNNI) for A/B runs.
 //!
-//! Only Q4_1 has an AVX-512 `Isa` path: `Avx512` runs the other formats' AVX2 kernels.
+//! Only Q4_1 has an AVX-512 `Isa` path (`avx512.rs`, one row at a time; older than the panels and
+//! unrelated to them): `Avx512` runs the other formats' AVX2 kernels.
 //!
 //! The AVX-512 path is behind the off-by-default cargo feature `avx512`: on this project's
 //! 2-core EPYC it decodes no faster than AVX2 (the matmuls are no longer the bottleneck), and
