@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels for Q4_1 x Q8_1 and Q8_0 x Q8_0 over the panel layout (`panel.rs`):
+//! AVX-512 VNNI kernels for Q4_1 x Q8_1 and Q8_0/Q4_0 x Q8_0 over the panel layout (`panel.rs`):
 //! one 512-bit vector holds 16 weight rows, so a token's 4 activation quants broadcast to all
 //! lanes (an embedded broadcast of `vpdpbusd`'s memory operand) give 16 rows' integer sums
 //! with no shuffle, no horizontal sum and no copy of the weights; a block's weights, unpacked
@@ -6,8 +6,9 @@
 //!
 //! Every lane runs the scalar reference's arithmetic (`q4_1::row_dots_scalar`,
 //! `q8_0::scalar_dots`) operation for operation: the exact integer block sum (Q8_0's weights
-//! are stored `+ 128`, taken back out as `128 * sum(x)`), `as f32 * (d_w * d_x)` (`+ m_w * s_x`
-//! for Q4_1), added to the row's sum block by block. So the results equal scalar bit for bit
+//! are stored `+ 128`, taken back out as `128 * sum(x)`; Q4_0's nibbles multiply as stored and
+//! the `- 8` comes out as `8 * sum(x)`), `as f32 * (d_w * d_x)` (`+ m_w * s_x` for Q4_1), added
+//! to the row's sum block by block. So the results equal scalar bit for bit
 //! whatever the batch (the invariant of `matrix.rs`), and the tests compare bits.
 
 use std::arch::x86_64::*;
@@ -20,16 +21,18 @@ use super::q8_0::Q8_0Rows;
 /// Weight formats (const generic `K`).
 const Q4_1: u8 = 0;
 const Q8_0: u8 = 1;
+const Q4_0: u8 = 2;
 
 /// Panel layout of each format.
 pub(super) const Q4_1_SPEC: panel::Spec = panel::Spec { halves: 2, quants: 16, flip: 0 };
 pub(super) const Q8_0_SPEC: panel::Spec = panel::Spec { halves: 1, quants: 32, flip: 0x80 };
+pub(super) const Q4_0_SPEC: panel::Spec = panel::Spec { halves: 1, quants: 16, flip: 0 };
 
 const fn spec(k: u8) -> panel::Spec {
-    if k == Q4_1 {
-        Q4_1_SPEC
-    } else {
-        Q8_0_SPEC
+    match k {
+        Q4_1 => Q4_1_SPEC,
+        Q8_0 => Q8_0_SPEC,
+        _ => Q4_0_SPEC,
     }
 }
 
@@ -49,7 +52,7 @@ struct Acts<'a> {
     d: &'a [f32],
     /// Q4_1: `s_x`; Q8_0: empty.
     s: &'a [f32],
-    /// Q8_0: `sum(q_x)` per block; Q4_1: empty.
+    /// Q8_0 and Q4_0: `sum(q_x)` per block; Q4_1: empty.
     sums: &'a [i32],
 }
 
@@ -67,6 +70,12 @@ pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, sums: &[i32], y: &mut [&mut [f32
     dots::<Q8_0>(w, &acts, y)
 }
 
+/// As [`dots_q8_0`] for Q4_0 weights.
+pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, sums: &[i32], y: &mut [&mut [f32]]) {
+    let acts = Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &[], sums };
+    dots::<Q4_0>(w, &acts, y)
+}
+
 fn dots<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
     let (l, nb) = (a.l, a.nb);
     let rows = y.first().map_or(0, |y| y.len());
@@ -79,7 +88,7 @@ fn dots<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
     assert!(w.len() >= rows.div_ceil(ROWS) * nb * spec(K).panel_block_bytes());
     assert!(a.qs.len() >= l * nb * QK && a.d.len() >= l * nb);
     assert!(K != Q4_1 || a.s.len() >= l * nb);
-    assert!(K != Q8_0 || a.sums.len() >= l * nb);
+    assert!(K == Q4_1 || a.sums.len() >= l * nb);
     // SAFETY: the features were checked just above; the bounds by the asserts.
     unsafe { panels::<K>(w, a, y) }
 }
@@ -145,7 +154,7 @@ unsafe fn tile<const K: u8, const T: usize>(wp: *const u8, a: &Acts, t0: usize) 
             }
             let mut w = [_mm512_setzero_si512(); 8];
             let (dw, mw);
-            if K == Q4_1 {
+            if K != Q8_0 {
                 // Group j's low nibbles are values 4j..4j+4, its high nibbles 16+4j..: the
                 // activation groups j and j + 4.
                 for j in 0..4 {
@@ -154,7 +163,7 @@ unsafe fn tile<const K: u8, const T: usize>(wp: *const u8, a: &Acts, t0: usize) 
                     w[j + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
                 }
                 dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(256) as *const __m256i));
-                mw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(288) as *const __m256i));
+                mw = if K == Q4_1 { _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(288) as *const __m256i)) } else { dw };
             } else {
                 for (j, wj) in w.iter_mut().enumerate() {
                     *wj = _mm512_loadu_si512(blk.add(64 * j) as *const _);
@@ -173,8 +182,10 @@ unsafe fn tile<const K: u8, const T: usize>(wp: *const u8, a: &Acts, t0: usize) 
             }
             for ((i, acc), mut s) in acc.iter_mut().enumerate().zip(sums) {
                 let k = (t0 + i) * nb + b;
-                if K == Q8_0 {
-                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *a.sums.get_unchecked(k)));
+                if K != Q4_1 {
+                    // The stored offset (Q8_0: +128) or the one not applied (Q4_0: -8).
+                    let off = if K == Q8_0 { 128 } else { 8 };
+                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * *a.sums.get_unchecked(k)));
                 }
                 let dx = _mm512_set1_ps(*a.d.get_unchecked(k));
                 let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx));

@@ -6,7 +6,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::super::test_util::{random_matrix, randoms};
-use super::super::{avx2_lanes, q4_1, q8_0, Vnni};
+use super::super::{avx2_lanes, q4_0, q4_1, q8_0, Vnni};
 use super::*;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -49,25 +49,33 @@ fn q4_1_panels_equal_scalar_bitwise() {
 }
 
 #[test]
-fn q8_0_panels_equal_scalar_bitwise() {
+fn q8_0_and_q4_0_panels_equal_scalar_bitwise() {
     if !available() {
         eprintln!("AVX-512 VNNI not available on this CPU: skipped");
         return;
     }
     for (rows, cols) in ROWS_.iter().map(|&r| (r, 576)).chain([(9, 32), (20, 1536)]) {
         let nb = cols / QK;
-        let q = random_matrix(GgmlDType::Q8_0, rows, cols, rows as u64 * 5 + cols as u64);
-        let w = q.data().unwrap();
-        let packed = panel::pack(Q8_0_SPEC, &w, rows, nb);
-        for l in TOKENS {
-            // Extreme activations too: -128 quants would expose a wrong `+ 128` correction.
-            let mut x = randoms(l * cols, 60 + l as u64);
-            x.iter_mut().step_by(7).for_each(|v| *v *= 40.0);
-            let a = q8_0::quantize_q8_0(&x, l, nb);
-            let mut want = vec![0f32; rows * l];
-            q8_0::dots_scalar(&w, &a, &mut want);
-            let got = run(rows, l, |y| dots_q8_0(&packed, &a, a.block_sums(), y));
-            assert_eq!(bits(&got), bits(&want), "Q8_0 [{rows}x{cols}] L={l}");
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let q = random_matrix(dtype, rows, cols, rows as u64 * 5 + cols as u64);
+            let w = q.data().unwrap();
+            let spec = if dtype == GgmlDType::Q8_0 { Q8_0_SPEC } else { Q4_0_SPEC };
+            let packed = panel::pack(spec, &w, rows, nb);
+            for l in TOKENS {
+                // Extreme activations too: -128 quants would expose a wrong offset correction.
+                let mut x = randoms(l * cols, 60 + l as u64);
+                x.iter_mut().step_by(7).for_each(|v| *v *= 40.0);
+                let a = q8_0::quantize_q8_0(&x, l, nb);
+                let mut want = vec![0f32; rows * l];
+                let got = if dtype == GgmlDType::Q8_0 {
+                    q8_0::dots_scalar(&w, &a, &mut want);
+                    run(rows, l, |y| dots_q8_0(&packed, &a, a.block_sums(), y))
+                } else {
+                    q4_0::dots_scalar(&w, &a, &mut want);
+                    run(rows, l, |y| dots_q4_0(&packed, &a, a.block_sums(), y))
+                };
+                assert_eq!(bits(&got), bits(&want), "{dtype:?} [{rows}x{cols}] L={l}");
+            }
         }
     }
 }

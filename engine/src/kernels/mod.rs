@@ -20,8 +20,8 @@
 //! quantized by `avx2_quant.rs`); `avx2.rs` and `avx2_q8.rs` hold the previous tiles
 //! (`avx2-v1`).
 //!
-//! Where the CPU has AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), Q4_1 and
-//! Q8_0 matrices are stored in panels of 16 rows at load (`panel.rs`) and run on the 512-bit
+//! Where the CPU has AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), Q4_1, Q8_0
+//! and Q4_0 matrices are stored in panels of 16 rows at load (`panel.rs`) and run on the 512-bit
 //! kernels of `avx512_panel.rs` ([`panels`]); `AI_SANDBOX_KERNEL=lanes` keeps the AVX2 lane
 //! kernels (with VNNI) for A/B runs.
 //!
@@ -172,7 +172,7 @@ pub(crate) fn vnni() -> Vnni {
     })
 }
 
-/// Whether Q4_1 and Q8_0 matrices go into panels for the AVX-512 VNNI kernels
+/// Whether Q4_1, Q8_0 and Q4_0 matrices go into panels for the AVX-512 VNNI kernels
 /// (`avx512_panel.rs`): the process runs `Isa::Avx2` with VNNI (so not `AI_SANDBOX_KERNEL=avx2`,
 /// `avx2-v1` or `scalar`), the CPU has AVX-512 F/BW/VNNI, and `AI_SANDBOX_KERNEL` is not
 /// `lanes`. Decided once.

@@ -1,4 +1,4 @@
-//! The panel layout of Q4_1 and Q8_0 weight matrices: the same bytes as the GGUF blocks,
+//! The panel layout of Q4_1, Q8_0 and Q4_0 weight matrices: the same bytes as the GGUF blocks,
 //! reordered at load (never requantized) so that one 512-bit vector holds 16 rows' values of
 //! one group of 4, for the AVX-512 VNNI kernels of `avx512_panel.rs`.
 //!
@@ -125,6 +125,7 @@ mod tests {
     #[test]
     fn rows_dequantized_from_panels_equal_candles_embedding() {
         use crate::kernels::matrix::Format;
+        use crate::kernels::q4_0::Q4_0;
         use crate::kernels::q4_1::Q4_1;
         use crate::kernels::q8_0::Q8_0;
         use candle_core::quantized::GgmlDType;
@@ -158,6 +159,7 @@ mod tests {
         }
         check::<Q4_1>(GgmlDType::Q4_1);
         check::<Q8_0>(GgmlDType::Q8_0);
+        check::<Q4_0>(GgmlDType::Q4_0);
     }
 
     #[test]

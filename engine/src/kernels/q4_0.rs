@@ -3,8 +3,9 @@
 //! (low nibbles are elements 0..16, high nibbles 16..32), each value `(q - 8) * d`, and
 //! `dot = sum over blocks of (d_w*d_x) * sum((q_w - 8)*q_x)`.
 //!
-//! This file holds the scalar reference; the SIMD paths are in `avx2_lanes.rs` (and the
-//! previous ones, `AI_SANDBOX_KERNEL=avx2-v1`, in `avx2_q8.rs`).
+//! This file holds the scalar reference; the SIMD paths are in `avx2_lanes.rs` and, where the
+//! CPU has AVX-512 VNNI, `avx512_panel.rs` (and the previous ones, `AI_SANDBOX_KERNEL=avx2-v1`,
+//! in `avx2_q8.rs`).
 
 use super::matrix::{Format, QuantMatrix, QK};
 use super::q8_0::{quantize_q8_0, scalar_dots, Q8_0Rows};
@@ -42,7 +43,11 @@ impl Format for Q4_0 {
         quantize_q8_0(x, l, nb)
     }
 
-    fn prepare(isa: Isa, _panels: bool, a: &Q8_0Rows) {
+    fn prepare(isa: Isa, panels: bool, a: &Q8_0Rows) {
+        if panels {
+            let _ = a.block_sums();
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
             let _ = super::avx2_lanes::prepare_q8_0(a);
@@ -57,6 +62,23 @@ impl Format for Q4_0 {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 => super::avx2_lanes::dots_q4_0(super::vnni(), w, a, yt),
             _ => dots_scalar(w, a, yt),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q4_0_SPEC);
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
+        super::avx512_panel::dots_q4_0(w, a, a.block_sums(), y)
+    }
+
+    fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        // candle's `BlockQ4_0::to_float`: `(q - 8) * d`.
+        let d = super::q8_0::block_scale(b);
+        for (j, &q) in b[2..2 + QK / 2].iter().enumerate() {
+            out[j] = f32::from(i16::from(q & 0x0F) - 8) * d;
+            out[j + QK / 2] = f32::from(i16::from(q >> 4) - 8) * d;
         }
     }
 }

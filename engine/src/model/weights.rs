@@ -87,6 +87,7 @@ impl Linear {
         match self {
             Linear::Q4_1(m) => m.packed_rows(ids),
             Linear::Q8_0(m) => m.packed_rows(ids),
+            Linear::Q4_0(m) => m.packed_rows(ids),
             _ => None,
         }
     }
