@@ -234,9 +234,9 @@ unsafe fn tile8<const K: u8, const V: u8, const R: usize>(
             let mut hdr = [0i32; R];
             let mut sgn = [std::ptr::null(); R];
             if let Some(n) = next {
-                for i in 0..R {
+                for p in n {
                     // A hint only: it never faults; `wrapping_add` keeps the address defined.
-                    _mm_prefetch::<_MM_HINT_T0>(n[i].wrapping_add(b * bb) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b * bb) as *const i8);
                 }
             }
             let direct = V != NO_VNNI && K != Q4_0;

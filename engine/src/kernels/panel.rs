@@ -42,7 +42,7 @@ impl Spec {
 /// `rows` rows of `nb` GGUF blocks each (`w`, row-major) as `rows.div_ceil(16)` panels.
 pub(crate) fn pack(s: Spec, w: &[u8], rows: usize, nb: usize) -> Vec<u8> {
     let bb = s.block_bytes();
-    assert!(s.quants % 4 == 0 && w.len() == rows * nb * bb && rows > 0);
+    assert!(s.quants.is_multiple_of(4) && w.len() == rows * nb * bb && rows > 0);
     let panels = rows.div_ceil(ROWS);
     let mut out = vec![0u8; panels * nb * s.panel_block_bytes()];
     for (p, panel) in out.chunks_exact_mut(nb * s.panel_block_bytes()).enumerate() {
