@@ -69,7 +69,7 @@ enum Storage {
 }
 
 /// A `[rows, cols]` weight matrix (rows = output features) of format `F`, sharing candle's
-/// storage.
+/// storage, or holding its own copy in panels (see the module docs).
 pub(crate) struct QuantMatrix<F: Format> {
     storage: Storage,
     rows: usize,
