@@ -24,9 +24,7 @@ const Q8_0: u8 = 1;
 const Q4_0: u8 = 2;
 
 /// Panel layout of each format.
-pub(super) const Q4_1_SPEC: panel::Spec = panel::Spec { halves: 2, quants: 16, flip: 0 };
-pub(super) const Q8_0_SPEC: panel::Spec = panel::Spec { halves: 1, quants: 32, flip: 0x80 };
-pub(super) const Q4_0_SPEC: panel::Spec = panel::Spec { halves: 1, quants: 16, flip: 0 };
+pub(super) use panel::{Q4_0_SPEC, Q4_1_SPEC, Q8_0_SPEC};
 
 const fn spec(k: u8) -> panel::Spec {
     match k {

@@ -16,6 +16,13 @@
 /// Weight rows per panel (the f32 lanes of a 512-bit vector).
 pub(crate) const ROWS: usize = 16;
 
+/// Q4_1: f16 `d`, f16 `m`, 16 nibble bytes.
+pub(crate) const Q4_1_SPEC: Spec = Spec { halves: 2, quants: 16, flip: 0 };
+/// Q8_0: f16 `d`, 32 signed bytes, stored `+ 128`.
+pub(crate) const Q8_0_SPEC: Spec = Spec { halves: 1, quants: 32, flip: 0x80 };
+/// Q4_0: f16 `d`, 16 nibble bytes.
+pub(crate) const Q4_0_SPEC: Spec = Spec { halves: 1, quants: 16, flip: 0 };
+
 /// How a format's GGUF block maps to the panel layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Spec {
@@ -100,11 +107,7 @@ mod tests {
 
     #[test]
     fn unpack_gives_the_gguf_blocks_back() {
-        let specs = [
-            Spec { halves: 2, quants: 16, flip: 0 },
-            Spec { halves: 1, quants: 32, flip: 0x80 },
-        ];
-        for s in specs {
+        for s in [Q4_1_SPEC, Q8_0_SPEC, Q4_0_SPEC] {
             for (rows, nb) in [(1, 1), (16, 3), (17, 2), (40, 18)] {
                 let w: Vec<u8> = (0..rows * nb * s.block_bytes()).map(|i| (i * 7 + i / 13) as u8).collect();
                 let packed = pack(s, &w, rows, nb);
@@ -130,9 +133,8 @@ mod tests {
         use crate::kernels::q8_0::Q8_0;
         use candle_core::quantized::GgmlDType;
         use candle_core::{Device, Tensor};
-        fn check<F: Format>(dtype: GgmlDType) {
+        fn check<F: Format>(dtype: GgmlDType, spec: Spec) {
             let (rows, cols) = (37, 96);
-            let spec = F::PANEL.expect("a panel format");
             let q = crate::kernels::test_util::random_matrix(dtype, rows, cols, 3);
             let nb = cols / 32;
             let panels = pack(spec, &q.data().unwrap(), rows, nb);
@@ -157,15 +159,15 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{dtype:?}");
         }
-        check::<Q4_1>(GgmlDType::Q4_1);
-        check::<Q8_0>(GgmlDType::Q8_0);
-        check::<Q4_0>(GgmlDType::Q4_0);
+        check::<Q4_1>(GgmlDType::Q4_1, Q4_1_SPEC);
+        check::<Q8_0>(GgmlDType::Q8_0, Q8_0_SPEC);
+        check::<Q4_0>(GgmlDType::Q4_0, Q4_0_SPEC);
     }
 
     #[test]
     fn a_panel_vector_holds_16_rows_of_one_group() {
         // Q4_1: row r's block b has d = r, m = 100 + r and quant byte q = 16 * b + q.
-        let s = Spec { halves: 2, quants: 16, flip: 0 };
+        let s = Q4_1_SPEC;
         let (rows, nb) = (16, 2);
         let mut w = Vec::new();
         for r in 0..rows {

@@ -66,7 +66,7 @@ impl Format for Q4_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q4_0_SPEC);
+    const PANEL: Option<super::panel::Spec> = Some(super::panel::Q4_0_SPEC);
 
     #[cfg(target_arch = "x86_64")]
     fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {

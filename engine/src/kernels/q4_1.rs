@@ -115,7 +115,7 @@ impl Format for Q4_1 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q4_1_SPEC);
+    const PANEL: Option<super::panel::Spec> = Some(super::panel::Q4_1_SPEC);
 
     #[cfg(target_arch = "x86_64")]
     fn panel_dots(w: &[u8], a: &Q8_1Rows, y: &mut [&mut [f32]]) {

@@ -158,7 +158,7 @@ impl Format for Q8_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    const PANEL: Option<super::panel::Spec> = Some(super::avx512_panel::Q8_0_SPEC);
+    const PANEL: Option<super::panel::Spec> = Some(super::panel::Q8_0_SPEC);
 
     #[cfg(target_arch = "x86_64")]
     fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
