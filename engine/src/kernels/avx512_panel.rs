@@ -42,13 +42,13 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// What the tiles read: row-major activations and, for Q8_0, each block's quant sum.
+/// What the tiles read: row-major activations and, for Q8_0 and Q4_0, each block's quant sum.
 struct Acts<'a> {
     l: usize,
     nb: usize,
     qs: &'a [i8],
     d: &'a [f32],
-    /// Q4_1: `s_x`; Q8_0: empty.
+    /// Q4_1: `s_x`; Q8_0 and Q4_0: empty.
     s: &'a [f32],
     /// Q8_0 and Q4_0: `sum(q_x)` per block; Q4_1: empty.
     sums: &'a [i32],
