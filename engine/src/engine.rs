@@ -177,6 +177,7 @@ impl Engine {
         let scheduler = Scheduler::spawn(model, tokenizer.clone(), Some(pool), limits)?;
         tracing::info!(
             model = %info.name, arch = %info.arch, ctx_size = info.ctx_size, threads = effective, placement,
+            kernels = crate::kernels::describe(),
             kv_cache_mb = kv_mb, kv_tokens = limits.kv_blocks * KV_BLOCK_SIZE, max_seqs = cfg.max_seqs,
             "engine ready"
         );

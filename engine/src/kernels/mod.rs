@@ -189,6 +189,19 @@ pub(crate) fn panels() -> bool {
     })
 }
 
+/// The matmul path this process runs for Q4_1/Q8_0/Q4_0, in words (for the startup log).
+pub(crate) fn describe() -> &'static str {
+    match (isa(), vnni()) {
+        (Isa::Scalar, _) => "scalar",
+        (Isa::Avx512, _) => "avx512 (q4_1), avx2 lanes",
+        _ if avx2_v1() => "avx2-v1",
+        _ if panels() => "avx512-vnni panels",
+        (_, Vnni::Avx) => "avx2 lanes + avx-vnni",
+        (_, Vnni::Avx512) => "avx2 lanes + avx512-vnni",
+        (_, Vnni::None) => "avx2 lanes",
+    }
+}
+
 /// Whether `AI_SANDBOX_KERNEL=avx2-v1` asks for the previous AVX2 tiles of Q4_1, Q8_0 and Q4_0
 /// (one float accumulator per (row, token) pair: `avx2.rs`, `avx2_q8.rs`) instead of
 /// `avx2_lanes.rs`, for A/B benchmarks. Their results differ in the last bits. Decided once.
