@@ -16,6 +16,10 @@ inline dim3e blockDim;
 #define __shared__ static
 #define __launch_bounds__(...)
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+// IEEE half <-> float (round to nearest even), what PTX's cvt.f32.f16 / cvt.rn.f16.f32 do, by
+// the compiler's _Float16 (GCC 12+ on x86-64).
+inline float emu_f16_to_f32(unsigned short h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
+inline unsigned short emu_f32_to_f16(float f) { _Float16 v = (_Float16)f; unsigned short h; std::memcpy(&h, &v, 2); return h; }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 inline std::barrier<>* g_block_barrier;
 inline std::vector<std::barrier<>*> g_warp_barriers;

@@ -9,7 +9,7 @@
 #include <random>
 #include <algorithm>
 static float rt(float x) {
-#ifdef KV_T_BF16
+#if defined(KV_T_BF16) || defined(KV_T_F16)
     return to_f32(from_f32(x));
 #else
     return x;

@@ -1,7 +1,8 @@
 // AI Sandbox's CUDA kernels for the paged KV cache (engine/src/cuda/mod.rs compiles this file at
 // run time with nvrtc, once per element type and head size; scripts/test compiles every variant
 // with nvcc to PTX). No header is included, so nvrtc needs no include path: bf16 is converted
-// with bit operations and f16 with inline PTX.
+// with bit operations and f16 with inline PTX (or, in a host build for tests/cuda-emu, the
+// harness's IEEE conversions).
 //
 // Compile-time defines:
 //   KV_T_BF16 | KV_T_F16 | KV_T_F32   the element type of queries, keys, values and outputs
@@ -32,6 +33,7 @@ __device__ __forceinline__ kv_t from_f32(float f) {
 }
 #elif defined(KV_T_F16)
 typedef unsigned short kv_t;
+#if defined(__CUDA_ARCH__) || defined(__CUDACC_RTC__)
 __device__ __forceinline__ float to_f32(kv_t x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
@@ -42,6 +44,12 @@ __device__ __forceinline__ kv_t from_f32(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// A host build (tests/cuda-emu): the same IEEE conversions (round to nearest even), from the
+// harness.
+__device__ __forceinline__ float to_f32(kv_t x) { return emu_f16_to_f32(x); }
+__device__ __forceinline__ kv_t from_f32(float f) { return emu_f32_to_f16(f); }
+#endif
 #elif defined(KV_T_F32)
 typedef float kv_t;
 __device__ __forceinline__ float to_f32(kv_t x) { return x; }
