@@ -232,40 +232,35 @@ unsafe fn tile8<const K: u8, const V: u8, const R: usize>(
         );
         for b in 0..nb {
             let mut hdr = [0i32; R];
-            let mut sgn = [std::ptr::null(); R];
             if let Some(n) = next {
                 for p in n {
                     // A hint only: it never faults; `wrapping_add` keeps the address defined.
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b * bb) as *const i8);
                 }
             }
-            let direct = V != NO_VNNI && K != Q4_0;
-            for i in 0..R {
-                if direct {
-                    hdr[i] = std::ptr::read_unaligned(wp[i].add(b * bb) as *const i32);
-                    continue;
+            let sums = if V != NO_VNNI && K != Q4_0 {
+                // The groups broadcast straight from the packed blocks: no expanded copy.
+                for (h, p) in hdr.iter_mut().zip(wp) {
+                    *h = std::ptr::read_unaligned(p.add(b * bb) as *const i32);
                 }
-                let p = wp[i].add(b * bb);
-                let (h, u, s) = load_block::<K>(p);
-                hdr[i] = h;
-                _mm256_store_si256(wu[i].0.as_mut_ptr() as *mut __m256i, u);
-                if K == Q4_0 {
-                    _mm256_store_si256(ws[i].0.as_mut_ptr() as *mut __m256i, s);
-                }
-                sgn[i] = if K == Q8_0 {
-                    p.add(2)
-                } else {
-                    ws[i].0.as_ptr()
-                };
-            }
-            // Broadcast from memory (a load port), not by shuffles of the registers.
-            std::hint::black_box((&mut wu, &mut ws));
-            let wup: [*const u8; R] = std::array::from_fn(|i| wu[i].0.as_ptr());
-            let sums = if direct {
                 let qoff = if K == Q4_1 { 4 } else { 2 };
                 let q = std::array::from_fn(|i| wp[i].add(b * bb + qoff));
                 group_sums_direct::<K, V, R>(q, xg.add(b * 8 * QK))
             } else {
+                let mut sgn = [std::ptr::null(); R];
+                for i in 0..R {
+                    let p = wp[i].add(b * bb);
+                    let (h, u, s) = load_block::<K>(p);
+                    hdr[i] = h;
+                    _mm256_store_si256(wu[i].0.as_mut_ptr() as *mut __m256i, u);
+                    if K == Q4_0 {
+                        _mm256_store_si256(ws[i].0.as_mut_ptr() as *mut __m256i, s);
+                    }
+                    sgn[i] = if K == Q8_0 { p.add(2) } else { ws[i].0.as_ptr() };
+                }
+                // Broadcast from memory (a load port), not by shuffles of the registers.
+                std::hint::black_box((&mut wu, &mut ws));
+                let wup: [*const u8; R] = std::array::from_fn(|i| wu[i].0.as_ptr());
                 group_sums::<K, V, 4, R>(wup, sgn, xg.add(b * 8 * QK))
             };
             let dx = _mm256_loadu_ps(dp.add(b * l));
