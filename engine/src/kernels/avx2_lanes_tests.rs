@@ -5,13 +5,9 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use super::super::test_util::{random_matrix, randoms};
+use super::super::test_util::{bits, random_matrix, randoms};
 use super::super::{avx2, avx2_q8, q4_0, q4_1, q8_0, Isa, Vnni};
 use super::*;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
 
 /// Token counts covering every tile (8, 4, 1) and their mixes; row counts below, at and off
 /// the 8-row blocks.

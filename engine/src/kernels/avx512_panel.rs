@@ -62,16 +62,19 @@ pub(super) fn dots_q4_1(w: &[u8], a: &Q8_1Rows, y: &mut [&mut [f32]]) {
     dots::<Q4_1>(w, &acts, y)
 }
 
-/// As [`dots_q4_1`] for Q8_0 weights: `sums` holds each activation block's quant sum.
-pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, sums: &[i32], y: &mut [&mut [f32]]) {
-    let acts = Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &[], sums };
-    dots::<Q8_0>(w, &acts, y)
+/// As [`dots_q4_1`] for Q8_0 weights (with the activation blocks' quant sums,
+/// `Q8_0Rows::block_sums`).
+pub(super) fn dots_q8_0(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
+    dots::<Q8_0>(w, &q8_acts(a), y)
 }
 
 /// As [`dots_q8_0`] for Q4_0 weights.
-pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, sums: &[i32], y: &mut [&mut [f32]]) {
-    let acts = Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &[], sums };
-    dots::<Q4_0>(w, &acts, y)
+pub(super) fn dots_q4_0(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
+    dots::<Q4_0>(w, &q8_acts(a), y)
+}
+
+fn q8_acts(a: &Q8_0Rows) -> Acts<'_> {
+    Acts { l: a.l, nb: a.nb, qs: &a.qs, d: &a.d, s: &[], sums: a.block_sums() }
 }
 
 fn dots<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {

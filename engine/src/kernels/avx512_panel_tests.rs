@@ -5,13 +5,9 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use super::super::test_util::{random_matrix, randoms};
+use super::super::test_util::{bits, random_matrix, randoms};
 use super::super::{avx2_lanes, q4_0, q4_1, q8_0, Vnni};
 use super::*;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
 
 /// `f(y)` with one NaN-filled slice of `rows` per token (a word past each end, which must stay
 /// NaN: the masked stores of the last panel), as `[row][token]` like the scalar references.
@@ -69,10 +65,10 @@ fn q8_0_and_q4_0_panels_equal_scalar_bitwise() {
                 let mut want = vec![0f32; rows * l];
                 let got = if dtype == GgmlDType::Q8_0 {
                     q8_0::dots_scalar(&w, &a, &mut want);
-                    run(rows, l, |y| dots_q8_0(&packed, &a, a.block_sums(), y))
+                    run(rows, l, |y| dots_q8_0(&packed, &a, y))
                 } else {
                     q4_0::dots_scalar(&w, &a, &mut want);
-                    run(rows, l, |y| dots_q4_0(&packed, &a, a.block_sums(), y))
+                    run(rows, l, |y| dots_q4_0(&packed, &a, y))
                 };
                 assert_eq!(bits(&got), bits(&want), "{dtype:?} [{rows}x{cols}] L={l}");
             }
@@ -130,7 +126,7 @@ fn bench_panels() {
                                     if dtype == GgmlDType::Q4_1 {
                                         dots_q4_1(ws, &a41, ys)
                                     } else {
-                                        dots_q8_0(ws, &a80, a80.block_sums(), ys)
+                                        dots_q8_0(ws, &a80, ys)
                                     }
                                 })
                             } else {

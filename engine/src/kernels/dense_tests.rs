@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::super::test_util::{self, randoms};
+use super::super::test_util::{self, bits, randoms};
 use super::*;
 
 fn matrix(rows: usize, cols: usize, seed: u64) -> (Vec<f32>, F32Matrix) {
@@ -75,7 +75,6 @@ fn simd_paths_are_bit_identical_to_scalar() {
             let x = randoms(l * cols, 40 + cols as u64);
             let want = m.matmul_with(Isa::Scalar, &x, l).unwrap();
             let got = m.matmul_with(isa, &x, l).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{isa:?} [{rows}x{cols}] L={l}");
         }
     }
@@ -107,7 +106,6 @@ fn the_f32_embedding_lookup_is_a_bit_exact_row_copy() {
         .unwrap();
     for (row, &id) in got.iter().zip(&ids) {
         let want = &w[id as usize * cols..(id as usize + 1) * cols];
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(row), bits(want), "row {id}");
     }
 }

@@ -131,6 +131,7 @@ mod tests {
         use crate::kernels::q4_0::Q4_0;
         use crate::kernels::q4_1::Q4_1;
         use crate::kernels::q8_0::Q8_0;
+        use crate::kernels::test_util::bits;
         use candle_core::quantized::GgmlDType;
         use candle_core::{Device, Tensor};
         fn check<F: Format>(dtype: GgmlDType, spec: Spec) {
@@ -156,7 +157,6 @@ mod tests {
                 }
                 got.extend(row);
             }
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{dtype:?}");
         }
         check::<Q4_1>(GgmlDType::Q4_1, Q4_1_SPEC);

@@ -44,15 +44,8 @@ impl Format for Q4_0 {
     }
 
     fn prepare(isa: Isa, panels: bool, a: &Q8_0Rows) {
-        if panels {
-            let _ = a.block_sums();
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if matches!(isa, Isa::Avx2 | Isa::Avx512) && !super::avx2_v1() {
-            let _ = super::avx2_lanes::prepare_q8_0(a);
-        }
-        let _ = (isa, a);
+        // The same activations as Q8_0 weights take, prepared the same way.
+        <super::q8_0::Q8_0 as Format>::prepare(isa, panels, a)
     }
 
     fn dots(isa: Isa, w: &[u8], a: &Q8_0Rows, yt: &mut [f32]) {
@@ -70,7 +63,7 @@ impl Format for Q4_0 {
 
     #[cfg(target_arch = "x86_64")]
     fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
-        super::avx512_panel::dots_q4_0(w, a, a.block_sums(), y)
+        super::avx512_panel::dots_q4_0(w, a, y)
     }
 
     fn dequantize_block(b: &[u8], out: &mut [f32]) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::super::test_util::bits;
 use super::*;
 
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift), so failures reproduce.
@@ -215,7 +216,6 @@ fn avx2_row_pairs_equal_single_rows_bitwise() {
     let nb = cols / QK;
     let q = random_q4_1(rows, cols, 21);
     let w = q.data().unwrap();
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     for l in [1, 2, 3, 4, 5, 7, 8, 9, 16] {
         let x = randoms(l * cols, 30 + l as u64);
         let a = quantize_q8_1(&x, l, nb);

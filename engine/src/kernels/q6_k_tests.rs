@@ -6,7 +6,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use super::super::q8_k::quantize_q8_k;
-use super::super::test_util::{self, randoms};
+use super::super::test_util::{self, bits, randoms};
 use super::*;
 
 #[test]
@@ -29,7 +29,6 @@ fn simd_paths_equal_scalar_bit_for_bit() {
     for isa in [Isa::Avx2, Isa::Avx512] {
         if isa.available() {
             let got = m.matmul_with(isa, &x, 5).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{isa:?}");
         }
     }

@@ -162,7 +162,7 @@ impl Format for Q8_0 {
 
     #[cfg(target_arch = "x86_64")]
     fn panel_dots(w: &[u8], a: &Q8_0Rows, y: &mut [&mut [f32]]) {
-        super::avx512_panel::dots_q8_0(w, a, a.block_sums(), y)
+        super::avx512_panel::dots_q8_0(w, a, y)
     }
 
     fn dequantize_block(b: &[u8], out: &mut [f32]) {

@@ -13,6 +13,11 @@ use super::Isa;
 /// Every instruction set, available here or not (callers skip the unavailable ones).
 pub(super) const ISAS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
+/// The bits of each float, for comparisons that must be exact (and print readably).
+pub(super) fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift), so failures reproduce.
 pub(super) fn randoms(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -143,7 +148,6 @@ pub(super) fn check_rows_independent_of_batch<F: Format>() {
             .unwrap()
     };
     let (one, three) = (pool(1), pool(3));
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     for isa in ISAS {
         if !isa.available() {
             continue;
