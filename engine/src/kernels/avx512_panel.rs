@@ -10,6 +10,10 @@
 //! the `- 8` comes out as `8 * sum(x)`), `as f32 * (d_w * d_x)` (`+ m_w * s_x` for Q4_1), added
 //! to the row's sum block by block. So the results equal scalar bit for bit
 //! whatever the batch (the invariant of `matrix.rs`), and the tests compare bits.
+//!
+//! Also the driver every panel kernel shares ([`panels`]: panels by token tiles of up to 8,
+//! masked stores at the ragged end) and the trait its tiles implement ([`Tiles`]; the
+//! K-quants' are in `avx512_panel_k.rs`).
 
 use std::arch::x86_64::*;
 
@@ -91,15 +95,35 @@ fn dots<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
     assert!(K != Q4_1 || a.s.len() >= l * nb);
     assert!(K == Q4_1 || a.sums.len() >= l * nb);
     // SAFETY: the features were checked just above; the bounds by the asserts.
-    unsafe { panels::<K>(w, a, y) }
+    unsafe { panels(w, nb * spec(K).panel_block_bytes(), &Small::<K>(a), y) }
 }
 
-/// Safety: AVX-512 F/BW/VNNI and F16C available; `dots`'s asserts hold.
+/// A format's tile: one panel against up to 8 tokens.
+pub(super) trait Tiles {
+    /// Panel `wp` against tokens `t0..t0+T`: one vector of 16 rows' dots per token.
+    /// Safety: AVX-512 F/BW/VNNI and F16C; the panel and the tokens within what the caller of
+    /// [`panels`] checked.
+    unsafe fn tile<const T: usize>(&self, wp: *const u8, t0: usize) -> [__m512; T];
+}
+
+/// The formats of this file as [`Tiles`].
+struct Small<'a, const K: u8>(&'a Acts<'a>);
+
+impl<const K: u8> Tiles for Small<'_, K> {
+    #[inline(always)]
+    unsafe fn tile<const T: usize>(&self, wp: *const u8, t0: usize) -> [__m512; T] {
+        // SAFETY: as the trait's.
+        unsafe { tile::<K, T>(wp, self.0, t0) }
+    }
+}
+
+/// `y[t][i]` for every token `t` and row `i` of `y` (one slice per token, all `rows` long)
+/// from the panels `w` (`pbytes` per panel), by tiles of up to 8 tokens.
+/// Safety: AVX-512 F/BW/VNNI and F16C available; `w` holds `rows.div_ceil(16)` panels and `a`
+/// every token of `y` (the callers' asserts).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn panels<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
-    let (l, nb) = (a.l, a.nb);
-    let rows = y[0].len();
-    let pbytes = nb * spec(K).panel_block_bytes();
+pub(super) unsafe fn panels<A: Tiles>(w: &[u8], pbytes: usize, a: &A, y: &mut [&mut [f32]]) {
+    let (l, rows) = (y.len(), y[0].len());
     for p in 0..rows.div_ceil(ROWS) {
         let wp = w[p * pbytes..].as_ptr();
         let here = (rows - p * ROWS).min(ROWS);
@@ -109,17 +133,17 @@ unsafe fn panels<const K: u8>(w: &[u8], a: &Acts, y: &mut [&mut [f32]]) {
         while t0 < l {
             let n = (l - t0).min(8);
             let mut out = [_mm512_setzero_ps(); 8];
-            // SAFETY: panel `p` and tokens t0..t0+n are within the asserted slices.
+            // SAFETY: panel `p` and tokens t0..t0+n are within what the caller checked.
             unsafe {
                 match n {
-                    1 => out[..1].copy_from_slice(&tile::<K, 1>(wp, a, t0)),
-                    2 => out[..2].copy_from_slice(&tile::<K, 2>(wp, a, t0)),
-                    3 => out[..3].copy_from_slice(&tile::<K, 3>(wp, a, t0)),
-                    4 => out[..4].copy_from_slice(&tile::<K, 4>(wp, a, t0)),
-                    5 => out[..5].copy_from_slice(&tile::<K, 5>(wp, a, t0)),
-                    6 => out[..6].copy_from_slice(&tile::<K, 6>(wp, a, t0)),
-                    7 => out[..7].copy_from_slice(&tile::<K, 7>(wp, a, t0)),
-                    _ => out = tile::<K, 8>(wp, a, t0),
+                    1 => out[..1].copy_from_slice(&a.tile::<1>(wp, t0)),
+                    2 => out[..2].copy_from_slice(&a.tile::<2>(wp, t0)),
+                    3 => out[..3].copy_from_slice(&a.tile::<3>(wp, t0)),
+                    4 => out[..4].copy_from_slice(&a.tile::<4>(wp, t0)),
+                    5 => out[..5].copy_from_slice(&a.tile::<5>(wp, t0)),
+                    6 => out[..6].copy_from_slice(&a.tile::<6>(wp, t0)),
+                    7 => out[..7].copy_from_slice(&a.tile::<7>(wp, t0)),
+                    _ => out = a.tile::<8>(wp, t0),
                 }
             }
             for (j, v) in out.iter().enumerate().take(n) {

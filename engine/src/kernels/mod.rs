@@ -1,7 +1,8 @@
 //! Our own CPU matmul kernels for quantized weights: Q4_1 (candle runs it with scalar code),
 //! Q8_0 and Q4_0 (candle's SIMD kernels read every weight block once per activation row; ours
 //! once per batch), Q6_K (candle's gives a row different bits depending on the batch) and Q4_K
-//! (tested, not wired: candle's is faster); and dense f32 weights of Hugging Face checkpoints
+//! (wired only where the panel kernels run: elsewhere candle's is faster than our AVX2 one);
+//! and dense f32 weights of Hugging Face checkpoints
 //! (candle's f32 gemm does not promise batch-independent rows). `matrix.rs` owns the shared
 //! matmul driver and its batch-independence invariant; each format has a scalar reference
 //! (`q4_1.rs`, `q8_0.rs`, `q4_0.rs`, `q6_k.rs`, `q4_k.rs`, `dense.rs`; activations in `q8_0.rs`,
@@ -20,10 +21,11 @@
 //! quantized by `avx2_quant.rs`); `avx2.rs` and `avx2_q8.rs` hold the previous tiles
 //! (`avx2-v1`).
 //!
-//! Where the CPU has AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), Q4_1, Q8_0
-//! and Q4_0 matrices are stored in panels of 16 rows at load (`panel.rs`) and run on the 512-bit
-//! kernels of `avx512_panel.rs` ([`panels`]); `AI_SANDBOX_KERNEL=lanes` keeps the AVX2 lane
-//! kernels (with VNNI) for A/B runs.
+//! Where the CPU has AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), Q4_1, Q8_0,
+//! Q4_0, Q4_K and Q6_K matrices are stored in panels of 16 rows at load (`panel.rs`) and run on
+//! the 512-bit kernels of `avx512_panel.rs` and `avx512_panel_k.rs` ([`panels`]);
+//! `AI_SANDBOX_KERNEL=lanes` keeps the AVX2 kernels (lanes with VNNI for the 32-value formats,
+//! candle's for Q4_K) for A/B runs.
 //!
 //! Only Q4_1 has an AVX-512 `Isa` path (`avx512.rs`, one row at a time; older than the panels and
 //! unrelated to them): `Avx512` runs the other formats' AVX2 kernels.
@@ -42,9 +44,7 @@ mod avx2_dense;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_lanes;
-// Q4_K is tested but not wired into the model (see `q4_k.rs`): dead outside the tests.
 #[cfg(target_arch = "x86_64")]
-#[cfg_attr(not(test), allow(dead_code))]
 mod avx2_q4k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q6k;
@@ -58,6 +58,8 @@ mod avx2_reduce;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_panel_k;
 mod dense;
 // Read only by the x86-64 kernels.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -68,7 +70,6 @@ mod matrix;
 mod panel;
 mod q4_0;
 mod q4_1;
-#[cfg_attr(not(test), allow(dead_code))]
 mod q4_k;
 mod q6_k;
 mod q8_0;
@@ -82,6 +83,7 @@ pub(crate) use dense::F32Matrix;
 pub(crate) use matrix::{Format, QuantMatrix};
 pub(crate) use q4_0::Q4_0Matrix;
 pub(crate) use q4_1::Q4_1Matrix;
+pub(crate) use q4_k::Q4KMatrix;
 pub(crate) use q6_k::Q6KMatrix;
 pub(crate) use q8_0::Q8_0Matrix;
 
@@ -172,7 +174,7 @@ pub(crate) fn vnni() -> Vnni {
     })
 }
 
-/// Whether Q4_1, Q8_0 and Q4_0 matrices go into panels for the AVX-512 VNNI kernels
+/// Whether Q4_1, Q8_0, Q4_0, Q4_K and Q6_K matrices go into panels for the AVX-512 VNNI kernels
 /// (`avx512_panel.rs`): the process runs `Isa::Avx2` with VNNI (so not `AI_SANDBOX_KERNEL=avx2`,
 /// `avx2-v1` or `scalar`), the CPU has AVX-512 F/BW/VNNI, and `AI_SANDBOX_KERNEL` is not
 /// `lanes`. Decided once.
@@ -189,7 +191,8 @@ pub(crate) fn panels() -> bool {
     })
 }
 
-/// The matmul path this process runs for Q4_1/Q8_0/Q4_0, in words (for the startup log).
+/// The matmul path this process runs for Q4_1/Q8_0/Q4_0 (and, with panels, the K-quants), in
+/// words (for the startup log).
 pub(crate) fn describe() -> &'static str {
     match (isa(), vnni()) {
         (Isa::Scalar, _) => "scalar",

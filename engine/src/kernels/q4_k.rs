@@ -11,9 +11,10 @@
 //! sums exact in i32, so the scalar and SIMD paths agree bit for bit: they differ only in how
 //! they add integers.
 //!
-//! Not wired into the model (`model/weights.rs` keeps candle for Q4_K): candle's repacked x86
-//! Q4_K kernel measured 2-4x faster than this one, and it keeps a row's bits whatever the batch.
-//! Kept, tested, as the base for a faster (e.g. repacked or AVX-512 VNNI) version.
+//! The model runs Q4_K on our kernels only where the AVX-512 VNNI panel kernels run
+//! (`avx512_panel_k.rs`); elsewhere `model/weights.rs` keeps candle's repacked x86 Q4_K kernel,
+//! which measured 2-4x faster than our AVX2 one (`avx2_q4k.rs`) and keeps a row's bits whatever
+//! the batch.
 
 use half::f16;
 
@@ -118,6 +119,32 @@ impl Format for Q4K {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 => super::avx2_q4k::dots(w, a, yt),
             _ => dots_scalar(w, a, yt),
+        }
+    }
+
+    fn prepare(_isa: Isa, panels: bool, a: &Q8KRows) {
+        if panels && a.l > 0 {
+            let _ = a.sums_i16();
+        }
+    }
+
+    const PANEL: Option<super::panel::Spec> = Some(super::panel::Q4_K_SPEC);
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel_dots(w: &[u8], a: &Q8KRows, y: &mut [&mut [f32]]) {
+        super::avx512_panel_k::dots_q4_k(w, a, y)
+    }
+
+    fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        // candle's `BlockQ4K::to_float`: `d * sc * q - dmin * m`, sub-block by sub-block.
+        let (d, dmin, sc, m) = block_header(b);
+        for (j, o) in out.chunks_exact_mut(QK).enumerate().take(SUBS) {
+            let (d1, m1) = (d * sc[j] as f32, dmin * m[j] as f32);
+            let nibs = &b[16 + 32 * (j / 2)..][..32];
+            for (o, &q) in o.iter_mut().zip(nibs) {
+                let q = if j % 2 == 0 { q & 0x0F } else { q >> 4 };
+                *o = d1 * q as f32 - m1;
+            }
         }
     }
 }

@@ -107,6 +107,28 @@ impl Format for Q6K {
             _ => dots_scalar(w, a, yt),
         }
     }
+
+    fn prepare(_isa: Isa, panels: bool, a: &Q8KRows) {
+        if panels && a.l > 0 {
+            let _ = a.sums_i16();
+        }
+    }
+
+    const PANEL: Option<super::panel::Spec> = Some(super::panel::Q6_K_SPEC);
+
+    #[cfg(target_arch = "x86_64")]
+    fn panel_dots(w: &[u8], a: &Q8KRows, y: &mut [&mut [f32]]) {
+        super::avx512_panel_k::dots_q6_k(w, a, y)
+    }
+
+    fn dequantize_block(b: &[u8], out: &mut [f32]) {
+        // candle's `BlockQ6K::to_float`: `d * sc * (u - 32)`.
+        let d = block_d(b);
+        for (i, o) in out.iter_mut().enumerate().take(QK_K) {
+            let sc = b[192 + i / 16] as i8;
+            *o = d * sc as f32 * (value(b, i) - 32) as f32;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,16 @@ pub(crate) struct Q8KRows {
     pub d: Vec<f32>,
     /// `l * nb * 16` sums of each run of 16 quants (GGML's `bsums`).
     pub sums: Vec<i32>,
+    /// `sums` as i16 (each within +-2048), for the panel kernels' `vpdpwssd`; built on first use.
+    pub sums16: std::sync::OnceLock<Vec<i16>>,
+}
+
+impl Q8KRows {
+    /// The runs' sums as i16, `[token][block][run]`.
+    pub(crate) fn sums_i16(&self) -> &[i16] {
+        // 16 quants of at most 128 in magnitude: the sums fit.
+        self.sums16.get_or_init(|| self.sums.iter().map(|&s| s as i16).collect())
+    }
 }
 
 /// Quantizes `l` rows of `nb*256` floats to Q8_K.
@@ -28,6 +38,7 @@ pub(crate) fn quantize_q8_k(x: &[f32], l: usize, nb: usize) -> Q8KRows {
         qs: vec![0; n * QK_K],
         d: vec![0.0; n],
         sums: vec![0; n * QK_K / 16],
+        sums16: std::sync::OnceLock::new(),
     };
     for (((xb, qb), d), sums) in x
         .chunks_exact(QK_K)

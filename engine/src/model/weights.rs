@@ -12,15 +12,16 @@ use candle_core::{DType, Device, Module, Storage, Tensor};
 use crate::gguf::GgufFile;
 use crate::hf::SafetensorsWeights;
 use crate::kernels::{
-    F32Matrix, Format, Q4_0Matrix, Q4_1Matrix, Q6KMatrix, Q8_0Matrix, QuantMatrix,
+    F32Matrix, Format, Q4KMatrix, Q4_0Matrix, Q4_1Matrix, Q6KMatrix, Q8_0Matrix, QuantMatrix,
 };
 use super::placement::Placement;
 use crate::EngineError;
 
 /// A weight matrix for `x @ W^T`: Q4_1, Q8_0, Q4_0 and Q6_K run on our SIMD kernels (candle's
 /// Q4_1 ones are scalar; ours read each weight block once per batch of tokens; candle's Q6_K
-/// gives a row different bits depending on the batch, ours never), every other type (Q4_K
-/// included: candle's repacked x86 kernel is 2-4x faster than ours) on candle's `QMatMul`.
+/// gives a row different bits depending on the batch, ours never), and so does Q4_K where the
+/// AVX-512 VNNI panel kernels run (`kernels::panels()`; elsewhere candle's repacked x86 Q4_K
+/// kernel is 2-4x faster than our AVX2 one); every other type on candle's `QMatMul`.
 /// Dense f32 matrices from safetensors run on our f32 kernel ([`Linear::dense`]): candle's f32
 /// gemm does not promise a row the same bits alone and in a batch.
 pub(crate) enum Linear {
@@ -32,6 +33,7 @@ pub(crate) enum Linear {
     Q8_0(Q8_0Matrix),
     Q4_0(Q4_0Matrix),
     Q6K(Q6KMatrix),
+    Q4K(Q4KMatrix),
     F32(F32Matrix),
 }
 
@@ -55,6 +57,7 @@ impl Linear {
                 GgmlDType::Q8_0 => return Ok(Linear::Q8_0(Q8_0Matrix::new(t)?)),
                 GgmlDType::Q4_0 => return Ok(Linear::Q4_0(Q4_0Matrix::new(t)?)),
                 GgmlDType::Q6K => return Ok(Linear::Q6K(Q6KMatrix::new(t)?)),
+                GgmlDType::Q4K if crate::kernels::panels() => return Ok(Linear::Q4K(Q4KMatrix::new(t)?)),
                 _ => {}
             }
         }
@@ -88,6 +91,8 @@ impl Linear {
             Linear::Q4_1(m) => m.packed_rows(ids),
             Linear::Q8_0(m) => m.packed_rows(ids),
             Linear::Q4_0(m) => m.packed_rows(ids),
+            Linear::Q6K(m) => m.packed_rows(ids),
+            Linear::Q4K(m) => m.packed_rows(ids),
             _ => None,
         }
     }
@@ -101,6 +106,7 @@ impl Linear {
             Linear::Q8_0(m) => ours(m, x),
             Linear::Q4_0(m) => ours(m, x),
             Linear::Q6K(m) => ours(m, x),
+            Linear::Q4K(m) => ours(m, x),
             Linear::F32(m) => ours(m, x),
         }
     }
@@ -309,6 +315,9 @@ impl Linear {
         if let Some(ms) = all_of(ls, |l| if let Linear::Q6K(m) = l { Some(m) } else { None }) {
             return ours_many(&ms, x);
         }
+        if let Some(ms) = all_of(ls, |l| if let Linear::Q4K(m) = l { Some(m) } else { None }) {
+            return ours_many(&ms, x);
+        }
         if let Some(ms) = all_of(ls, |l| if let Linear::F32(m) = l { Some(m) } else { None }) {
             return ours_many(&ms, x);
         }
@@ -327,6 +336,7 @@ impl Linear {
             Linear::Q8_0(m) => m.bytes(),
             Linear::Q4_0(m) => m.bytes(),
             Linear::Q6K(m) => m.bytes(),
+            Linear::Q4K(m) => m.bytes(),
             Linear::F32(m) => m.bytes(),
         }
     }
