@@ -45,6 +45,11 @@ pub struct Args {
     /// CPU threads for inference [default: all cores].
     #[arg(long, env = "AI_SANDBOX_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Pin inference thread i to the i-th CPU this process may use (Linux); a pinned thread
+    /// cannot move off a CPU that another process loads (measured in docs/performance.md)
+    /// [default: false].
+    #[arg(long, env = "AI_SANDBOX_PIN_THREADS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub pin_threads: Option<bool>,
     /// Context size in tokens [default: the model's own].
     #[arg(long, env = "AI_SANDBOX_CTX_SIZE", value_name = "N")]
     pub ctx_size: Option<usize>,
@@ -97,6 +102,7 @@ pub struct FileConfig {
     pub port: Option<u16>,
     pub served_model_name: Option<String>,
     pub threads: Option<usize>,
+    pub pin_threads: Option<bool>,
     pub ctx_size: Option<usize>,
     pub max_queue: Option<usize>,
     pub kv_cache_mb: Option<usize>,
@@ -117,6 +123,7 @@ pub struct Config {
     pub port: u16,
     pub served_model_name: Option<String>,
     pub threads: Option<usize>,
+    pub pin_threads: bool,
     pub ctx_size: Option<usize>,
     pub max_queue: usize,
     pub kv_cache_mb: Option<usize>,
@@ -184,6 +191,7 @@ impl Config {
                 .or(file.served_model_name)
                 .filter(|s| !s.is_empty()),
             threads: args.threads.or(file.threads),
+            pin_threads: args.pin_threads.or(file.pin_threads).unwrap_or(false),
             ctx_size: args.ctx_size.or(file.ctx_size),
             max_queue: args
                 .max_queue
@@ -286,6 +294,20 @@ mod tests {
             (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_QUEUE)
         );
         assert_eq!(c.served_model_name, None);
+    }
+
+    #[test]
+    fn pin_threads_is_off_unless_a_flag_or_the_file_says() {
+        let pin = |a: &[&str], f: &str| {
+            let file = parse_file(&format!("model: m\n{f}"), Path::new("c.yaml")).unwrap();
+            Config::resolve(args(a), file).unwrap().pin_threads
+        };
+        assert!(!pin(&[], ""));
+        assert!(pin(&["--pin-threads"], ""));
+        assert!(pin(&["--pin-threads=true"], ""));
+        assert!(pin(&[], "pin_threads: true\n"));
+        assert!(!pin(&["--pin-threads", "false"], "pin_threads: true\n"));
+        assert!(Args::try_parse_from(["ai-sandbox-api", "--pin-threads=maybe"]).is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let engine_cfg = ai_sandbox_engine::EngineConfig {
         model: cfg.model.clone(),
         threads: cfg.threads,
+        pin_threads: cfg.pin_threads,
         ctx_size: cfg.ctx_size,
         max_queue: cfg.max_queue,
         kv_cache_mb: cfg.kv_cache_mb,

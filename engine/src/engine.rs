@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub model: PathBuf,
     /// CPU threads for inference (None: see the module docs).
     pub threads: Option<usize>,
+    /// Pin compute thread `i` to the `i`-th CPU this process may use (`affinity.rs`; Linux).
+    pub pin_threads: bool,
     /// KV-cache length in tokens (None: the model's full context).
     pub ctx_size: Option<usize>,
     /// Requests allowed to wait for a place in the batch; more get `EngineError::QueueFull`.
@@ -71,6 +73,7 @@ impl EngineConfig {
         EngineConfig {
             model: model.into(),
             threads: None,
+            pin_threads: false,
             ctx_size: None,
             max_queue: 64,
             kv_cache_mb: None,
@@ -126,9 +129,17 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let threads = decide_threads(cfg.threads);
         export_thread_count(threads);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("engine-rayon-{i}"))
+        let mut builder = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("engine-rayon-{i}"));
+        if cfg.pin_threads {
+            let cpus = crate::affinity::allowed_cpus()?;
+            tracing::info!(?cpus, threads, "pinning inference thread i to CPU i of these (modulo their count)");
+            builder = builder.start_handler(move |i| {
+                if let Err(e) = crate::affinity::pin_current(cpus[i % cpus.len()]) {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
+        let pool = builder
             .build()
             .map_err(|e| EngineError::Load(format!("cannot start {threads} inference threads: {e}")))?;
         let effective = candle_core::utils::barrier_pool().n_workers() + 1;

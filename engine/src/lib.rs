@@ -5,6 +5,7 @@
 //! Hugging Face model folders (`hf`: config.json, tokenizer.json, safetensors, `hf:` downloads)
 //! are read into the same `ModelConfig`, `Tokenizer` and `ChatTemplate` types.
 
+mod affinity;
 pub mod chat_template;
 mod engine;
 mod error;
