@@ -155,6 +155,18 @@ pub(super) unsafe fn panels<A: Tiles>(w: &[u8], pbytes: usize, a: &A, y: &mut [&
     }
 }
 
+/// Asks for the `len` bytes at `p` in L1: a panel block some blocks ahead (past the panel's
+/// end: the next panel's, or nothing; a hint never faults, so `p` may point anywhere).
+#[inline(always)]
+pub(super) fn prefetch(p: *const u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: a prefetch reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
+        o += 64;
+    }
+}
+
 /// Panel blocks ahead that [`tile`] prefetches (4 left the single-token output matmul, which
 /// streams 30 MB from DRAM, 0.8x the lane kernels; 16: 1.4x).
 const PREFETCH: usize = 16;
@@ -170,13 +182,8 @@ unsafe fn tile<const K: u8, const T: usize>(wp: *const u8, a: &Acts, t0: usize) 
     unsafe {
         for b in 0..nb {
             let blk = wp.add(b * pbb);
-            // The weights stream through once per token tile: ask for the block PREFETCH ahead (past
-            // the panel's end: the next panel's, or nothing; a hint never faults).
-            let mut o = 0;
-            while o < pbb {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH * pbb + o) as *const i8);
-                o += 64;
-            }
+            // The weights stream through once per token tile: ask for the block PREFETCH ahead.
+            prefetch(blk.wrapping_add(PREFETCH * pbb), pbb);
             let mut w = [_mm512_setzero_si512(); 8];
             let (dw, mw);
             if K != Q8_0 {

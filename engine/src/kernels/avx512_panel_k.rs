@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_panel::{available, panels, Tiles};
+use super::avx512_panel::{available, panels, prefetch, Tiles};
 use super::panel::{Q4_K_SPEC, Q6_K_SPEC, ROWS};
 use super::q8_k::{Q8KRows, QK_K};
 
@@ -79,12 +79,7 @@ impl<const K: u8> Tiles for Acts<'_, K> {
         unsafe {
             for b in 0..nb {
                 let blk = wp.add(b * pbb);
-                // A hint past the panel's end never faults.
-                let mut o = 0;
-                while o < pbb {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH * pbb + o) as *const i8);
-                    o += 64;
-                }
+                prefetch(blk.wrapping_add(PREFETCH * pbb), pbb);
                 let ks: [usize; T] = std::array::from_fn(|i| (t0 + i) * nb + b);
                 if K == Q4K {
                     let (sumi, summ) = self.q4_k_block::<T>(blk, &ks);

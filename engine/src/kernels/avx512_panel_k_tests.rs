@@ -8,19 +8,9 @@ use rayon::prelude::*;
 
 use super::super::panel::{self, Spec};
 use super::super::q8_k::quantize_q8_k;
-use super::super::test_util::{bits, random_matrix, randoms};
+use super::super::test_util::{bits, panel_parts, panel_run, random_matrix, randoms};
 use super::super::{avx2_q4k, avx2_q6k, q4_k, q6_k};
 use super::*;
-
-/// `f(y)` with one NaN-filled slice of `rows` per token (a word past each end, which must stay
-/// NaN: the masked stores of the last panel), as `[row][token]` like the scalar references.
-fn run(rows: usize, l: usize, f: impl FnOnce(&mut [&mut [f32]])) -> Vec<f32> {
-    let mut buf = vec![f32::NAN; l * (rows + 1)];
-    let mut y: Vec<&mut [f32]> = buf.chunks_mut(rows + 1).map(|c| &mut c[..rows]).collect();
-    f(&mut y);
-    assert!(buf.chunks(rows + 1).all(|c| c[rows].is_nan()), "a store past a row's end");
-    (0..rows * l).map(|i| buf[(i % l) * (rows + 1) + i / l]).collect()
-}
 
 type Dots = fn(&[u8], &Q8KRows, &mut [&mut [f32]]);
 type Scalar = fn(&[u8], &Q8KRows, &mut [f32]);
@@ -53,7 +43,7 @@ fn k_quant_panels_equal_scalar_bitwise() {
                 let a = quantize_q8_k(&x, l, nb);
                 let mut want = vec![0f32; rows * l];
                 scalar(&w, &a, &mut want);
-                assert_eq!(bits(&run(rows, l, |y| dots(&packed, &a, y))), bits(&want), "{dtype:?} [{rows}x{cols}] L={l}");
+                assert_eq!(bits(&panel_run(rows, l, |y| dots(&packed, &a, y))), bits(&want), "{dtype:?} [{rows}x{cols}] L={l}");
             }
         }
     }
@@ -90,7 +80,7 @@ fn k_quant_panels_take_extreme_weights() {
         let packed = panel::pack(spec, w, rows, nb);
         let mut want = vec![0f32; rows * l];
         scalar(w, &a, &mut want);
-        assert_eq!(bits(&run(rows, l, |y| dots(&packed, &a, y))), bits(&want), "{dtype:?}");
+        assert_eq!(bits(&panel_run(rows, l, |y| dots(&packed, &a, y))), bits(&want), "{dtype:?}");
     }
 }
 
@@ -137,12 +127,7 @@ fn bench_panels_k() {
                                 }
                                 1 => {
                                     let chunk = tile / 16 * nb * spec.panel_block_bytes();
-                                    let mut parts: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(tile)).map(|_| Vec::new()).collect();
-                                    for yr in yl.chunks_mut(rows) {
-                                        for (k, c) in yr.chunks_mut(tile).enumerate() {
-                                            parts[k].push(c);
-                                        }
-                                    }
+                                    let mut parts = panel_parts(&mut yl, rows, tile);
                                     parts.par_iter_mut().zip(packed.par_chunks(chunk)).for_each(|(ys, ws)| dots(ws, &a, ys))
                                 }
                                 _ => {

@@ -5,19 +5,9 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use super::super::test_util::{bits, random_matrix, randoms};
+use super::super::test_util::{bits, panel_parts, panel_run, random_matrix, randoms};
 use super::super::{avx2_lanes, q4_0, q4_1, q8_0, Vnni};
 use super::*;
-
-/// `f(y)` with one NaN-filled slice of `rows` per token (a word past each end, which must stay
-/// NaN: the masked stores of the last panel), as `[row][token]` like the scalar references.
-fn run(rows: usize, l: usize, f: impl FnOnce(&mut [&mut [f32]])) -> Vec<f32> {
-    let mut buf = vec![f32::NAN; l * (rows + 1)];
-    let mut y: Vec<&mut [f32]> = buf.chunks_mut(rows + 1).map(|c| &mut c[..rows]).collect();
-    f(&mut y);
-    assert!(buf.chunks(rows + 1).all(|c| c[rows].is_nan()), "a store past a row's end");
-    (0..rows * l).map(|i| buf[(i % l) * (rows + 1) + i / l]).collect()
-}
 
 const TOKENS: [usize; 13] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 24];
 const ROWS_: [usize; 6] = [1, 5, 16, 17, 40, 48];
@@ -39,7 +29,7 @@ fn q4_1_panels_equal_scalar_bitwise() {
             for (wr, y) in w.chunks_exact(nb * q4_1::BLOCK_BYTES).zip(want.chunks_exact_mut(l)) {
                 q4_1::row_dots_scalar(wr, &a, y);
             }
-            assert_eq!(bits(&run(rows, l, |y| dots_q4_1(&packed, &a, y))), bits(&want), "Q4_1 [{rows}x{cols}] L={l}");
+            assert_eq!(bits(&panel_run(rows, l, |y| dots_q4_1(&packed, &a, y))), bits(&want), "Q4_1 [{rows}x{cols}] L={l}");
         }
     }
 }
@@ -65,10 +55,10 @@ fn q8_0_and_q4_0_panels_equal_scalar_bitwise() {
                 let mut want = vec![0f32; rows * l];
                 let got = if dtype == GgmlDType::Q8_0 {
                     q8_0::dots_scalar(&w, &a, &mut want);
-                    run(rows, l, |y| dots_q8_0(&packed, &a, y))
+                    panel_run(rows, l, |y| dots_q8_0(&packed, &a, y))
                 } else {
                     q4_0::dots_scalar(&w, &a, &mut want);
-                    run(rows, l, |y| dots_q4_0(&packed, &a, y))
+                    panel_run(rows, l, |y| dots_q4_0(&packed, &a, y))
                 };
                 assert_eq!(bits(&got), bits(&want), "{dtype:?} [{rows}x{cols}] L={l}");
             }
@@ -116,12 +106,7 @@ fn bench_panels() {
                             if panels {
                                 // Token-major output, as `matrix.rs` hands it: one slice per token.
                                 let chunk = tile / 16 * nb * spec.panel_block_bytes();
-                                let mut parts: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(tile)).map(|_| Vec::new()).collect();
-                                for yr in yl.chunks_mut(rows) {
-                                    for (k, c) in yr.chunks_mut(tile).enumerate() {
-                                        parts[k].push(c);
-                                    }
-                                }
+                                let mut parts = panel_parts(&mut yl, rows, tile);
                                 parts.par_iter_mut().zip(packed.par_chunks(chunk)).for_each(|(ys, ws)| {
                                     if dtype == GgmlDType::Q4_1 {
                                         dots_q4_1(ws, &a41, ys)

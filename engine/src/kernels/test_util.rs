@@ -239,3 +239,26 @@ pub(super) fn bench<F: Format>(rows: usize, cols: usize, ls: &[usize], reps: usi
         report("candle QMatMul", s);
     }
 }
+
+/// `f(y)` with one NaN-filled slice of `rows` per token (a word past each end, which must stay
+/// NaN: the masked stores of a panel kernel's last panel), as `[row][token]` like the scalar
+/// references.
+pub(super) fn panel_run(rows: usize, l: usize, f: impl FnOnce(&mut [&mut [f32]])) -> Vec<f32> {
+    let mut buf = vec![f32::NAN; l * (rows + 1)];
+    let mut y: Vec<&mut [f32]> = buf.chunks_mut(rows + 1).map(|c| &mut c[..rows]).collect();
+    f(&mut y);
+    assert!(buf.chunks(rows + 1).all(|c| c[rows].is_nan()), "a store past a row's end");
+    (0..rows * l).map(|i| buf[(i % l) * (rows + 1) + i / l]).collect()
+}
+
+/// A token-major output `y` (`[l][rows]`) cut as `matrix.rs` hands it to the panel kernels:
+/// per task of `tile` rows, one slice per token.
+pub(super) fn panel_parts(y: &mut [f32], rows: usize, tile: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(tile)).map(|_| Vec::new()).collect();
+    for yr in y.chunks_mut(rows) {
+        for (k, c) in yr.chunks_mut(tile).enumerate() {
+            parts[k].push(c);
+        }
+    }
+    parts
+}
