@@ -75,11 +75,14 @@ impl Sampler {
         if logits.is_empty() {
             return Err(EngineError::Internal("the model returned no logits".into()));
         }
-        if logits.iter().any(|l| l.is_nan()) {
+        // The penalties neither make nor unmake a NaN (finite factors and terms), so one scan
+        // after them answers both checks, and gives the greedy token's value.
+        self.apply_penalties(logits, prompt, generated);
+        let (nan, max) = scan(logits);
+        if nan {
             return Err(EngineError::Internal("the model produced NaN logits".into()));
         }
-        self.apply_penalties(logits, prompt, generated);
-        if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+        if max == f32::NEG_INFINITY {
             return Err(EngineError::invalid(
                 "logit_bias bans every token; nothing can be sampled",
                 Some("logit_bias"),
@@ -87,7 +90,7 @@ impl Sampler {
         }
         let p = &self.params;
         if p.temperature <= 0.0 {
-            return Ok(argmax(logits));
+            return Ok(first_equal(logits, max));
         }
         let inv_t = 1.0 / p.temperature;
         let mut cands: Vec<(u32, f32)> = logits
@@ -202,15 +205,35 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// Index of the largest logit, the lowest index on ties. `logits` must not be empty.
+/// Index of the largest logit, the lowest index on ties (NaNs are never picked; 0 when there is
+/// nothing else). `logits` must not be empty.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+    first_equal(logits, scan(logits).1)
+}
+
+/// Whether `x` holds a NaN, and its largest other value (-inf for none): lane by lane, so that
+/// it compiles to vector compares and maxima (a vocabulary of 50-150k logits per token).
+fn scan(x: &[f32]) -> (bool, f32) {
+    const W: usize = 16;
+    let mut max = [f32::NEG_INFINITY; W];
+    let mut nan = [false; W];
+    let mut chunks = x.chunks_exact(W);
+    for c in &mut chunks {
+        for l in 0..W {
+            nan[l] |= c[l].is_nan();
+            max[l] = if c[l] > max[l] { c[l] } else { max[l] };
         }
     }
-    best as u32
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        nan[l] |= v.is_nan();
+        max[l] = if v > max[l] { v } else { max[l] };
+    }
+    (nan.iter().any(|&n| n), max.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m }))
+}
+
+/// The first index whose value equals `v` (0 if none).
+fn first_equal(x: &[f32], v: f32) -> u32 {
+    x.iter().position(|&l| l == v).unwrap_or(0) as u32
 }
 
 fn softmax_in_place(cands: &mut [(u32, f32)]) {
@@ -278,6 +301,42 @@ mod tests {
             h[s.sample(&mut l, &[], &[]).expect("sample") as usize] += 1;
         }
         h
+    }
+
+    #[test]
+    fn argmax_equals_the_plain_loop() {
+        // The first index of the largest value, over lengths around the 16-wide lanes, with
+        // ties, -inf, -0.0 against 0.0, and a NaN the plain loop never picks.
+        let plain = |x: &[f32]| {
+            let mut best = 0;
+            for (i, &l) in x.iter().enumerate() {
+                if l > x[best] || x[best].is_nan() && !l.is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for n in [1, 2, 15, 16, 17, 33, 100, 49152] {
+            for _ in 0..20 {
+                let x: Vec<f32> = (0..n)
+                    .map(|_| match next() % 10 {
+                        0 => f32::NEG_INFINITY,
+                        1 => -0.0,
+                        2 => 0.0,
+                        3 => f32::NAN,
+                        k => (next() % 7) as f32 - k as f32,
+                    })
+                    .collect();
+                assert_eq!(argmax(&x), plain(&x), "{x:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 5]), 0);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 1.0]), 1);
     }
 
     #[test]
