@@ -75,8 +75,8 @@ impl Sampler {
         if logits.is_empty() {
             return Err(EngineError::Internal("the model returned no logits".into()));
         }
-        // The penalties neither make nor unmake a NaN (finite factors and terms), so one scan
-        // after them answers both checks, and gives the greedy token's value.
+        // The penalties neither make nor unmake a NaN (finite factors, infinite logits left
+        // alone), so one scan after them answers both checks and gives the greedy token's value.
         self.apply_penalties(logits, prompt, generated);
         let (nan, max) = scan(logits);
         if nan {
@@ -158,7 +158,9 @@ impl Sampler {
                 *counts.entry(id).or_default() += 1;
             }
             for (id, n) in counts {
-                if let Some(l) = logits.get_mut(id as usize) {
+                // An infinite logit stays as it is: -inf minus a penalty that overflowed to -inf
+                // would be a NaN (`sample` counts on the penalties making none).
+                if let Some(l) = logits.get_mut(id as usize).filter(|l| l.is_finite()) {
                     *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
                 }
             }
@@ -301,6 +303,16 @@ mod tests {
             h[s.sample(&mut l, &[], &[]).expect("sample") as usize] += 1;
         }
         h
+    }
+
+    #[test]
+    fn huge_penalties_on_banned_tokens_make_no_nan() {
+        // A banned (-inf) token that was generated, and a frequency penalty whose product
+        // overflows: the logit stays -inf instead of -inf - (-inf).
+        let mut s = sampler(SamplingParams { frequency_penalty: -3e38, temperature: 0.0, ..params() });
+        let mut logits = vec![f32::NEG_INFINITY, 1.0, 0.5];
+        assert_eq!(s.sample(&mut logits, &[], &[0, 0]).unwrap(), 1);
+        assert_eq!(logits[0], f32::NEG_INFINITY);
     }
 
     #[test]
