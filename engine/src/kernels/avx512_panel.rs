@@ -22,6 +22,9 @@ use super::panel::{self, ROWS};
 use super::q4_1::Q8_1Rows;
 use super::q8_0::Q8_0Rows;
 
+// The offsets the tiles use: the f16 fields after the quants (Q4_1's `m` 32 bytes after `d`).
+const _: () = assert!(Q4_1_SPEC.seg_base(1) == 256 && Q8_0_SPEC.seg_base(1) == 512 && Q4_0_SPEC.seg_base(1) == 256);
+
 /// Weight formats (const generic `K`).
 const Q4_1: u8 = 0;
 const Q8_0: u8 = 1;

@@ -30,6 +30,16 @@ const fn panel_block_bytes(k: u8) -> usize {
     }
 }
 
+// The offsets the tiles use: Q4_K's sc, m, d (dmin 32 bytes after d); Q6_K's qh, scales, d.
+const _: () = assert!(
+    Q4_K_SPEC.seg_base(1) == 2048 && Q4_K_SPEC.seg_base(2) == 2176 && Q4_K_SPEC.seg_base(3) == 2304
+        && Q4_K_SPEC.panel_block_bytes() == 2368
+);
+const _: () = assert!(
+    Q6_K_SPEC.seg_base(1) == 2048 && Q6_K_SPEC.seg_base(2) == 3072 && Q6_K_SPEC.seg_base(3) == 3328
+        && Q6_K_SPEC.panel_block_bytes() == 3360
+);
+
 /// Panel blocks ahead that a tile prefetches (one is 2,368 bytes for Q4_K, 3,360 for Q6_K).
 const PREFETCH: usize = 2;
 
