@@ -16,6 +16,31 @@ pub(super) fn quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
     unsafe { block(xb.as_ptr(), qb.as_mut_ptr()) }
 }
 
+/// Whole rows of blocks: quants into `qs`, and per block `d` rounded through f16 (as GGML
+/// stores it) into `d`; with `s`, also `sum * d` rounded through f16 (Q8_1's `s`). The same bits
+/// as [`quantize_block`] block by block with `half`'s conversions (F16C's rounding, which
+/// `half` uses too), without a call and a feature check per block. Caller guarantees AVX2 and
+/// F16C; `x.len() == qs.len() == 32 * d.len()`, `s` empty or as long as `d`.
+pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    assert!(x.len() == qs.len() && x.len() == QK * d.len() && (s.is_empty() || s.len() == d.len()));
+    // SAFETY: the caller checked the CPU features; the lengths are asserted.
+    unsafe { rows(x, qs, d, s) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    // f32 -> f16 (nearest even) -> f32.
+    let through_f16 = |v: f32| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))));
+    for (i, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+        // SAFETY: 32 values in each chunk.
+        let (di, sum) = unsafe { block(xb.as_ptr(), qb.as_mut_ptr()) };
+        d[i] = through_f16(di);
+        if let Some(si) = s.get_mut(i) {
+            *si = through_f16(sum as f32 * di);
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block(xp: *const f32, qp: *mut i8) -> (f32, i32) {
     // SAFETY: 32 floats at xp and 32 bytes at qp (caller's precondition); unaligned accesses.
@@ -71,6 +96,34 @@ mod tests {
     use super::super::test_util::randoms;
     use super::super::Isa;
     use super::*;
+
+    /// Whole rows: the same quants, `d` and `s` as block by block with `half`'s f16 rounding,
+    /// including scales that round to f16 infinity, subnormals and zero.
+    #[test]
+    fn quantize_rows_equals_blocks_with_half() {
+        if !Isa::Avx2.available() {
+            return;
+        }
+        let mut x = randoms(QK * 40, 31);
+        x[..QK].iter_mut().for_each(|v| *v *= 1e7); // d far above f16's max: inf
+        x[QK..2 * QK].iter_mut().for_each(|v| *v *= 1e-9); // subnormal f16 scales
+        x[2 * QK..3 * QK].iter_mut().for_each(|v| *v = 0.0);
+        x[3 * QK + 4] = f32::NAN;
+        let n = x.len() / QK;
+        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; n], vec![0f32; n]);
+        quantize_rows(&x, &mut qs, &mut d, &mut s);
+        let (mut qs0, mut d0) = (vec![0i8; x.len()], vec![0f32; n]);
+        quantize_rows(&x, &mut qs0, &mut d0, &mut []);
+        for (i, xb) in x.chunks_exact(QK).enumerate() {
+            let mut q = [0i8; QK];
+            let (di, sum) = quantize_block_scalar(xb, &mut q);
+            assert_eq!(&qs[i * QK..][..QK], &q, "block {i}");
+            assert_eq!(qs0, qs);
+            let f = |v: f32| half::f16::from_f32(v).to_f32().to_bits();
+            assert_eq!((d[i].to_bits(), d0[i].to_bits()), (f(di), f(di)), "block {i}: d");
+            assert_eq!(s[i].to_bits(), f(sum as f32 * di), "block {i}: s");
+        }
+    }
 
     /// Same quants, scale and sum as the scalar quantizer, bit for bit: random blocks, exact
     /// halves (rounded away from zero), zeros, tiny and huge values, NaN and infinities.

@@ -51,6 +51,11 @@ pub(crate) fn quantize_q8_1(x: &[f32], l: usize, nb: usize) -> Q8_1Rows {
         d: vec![0.0; n],
         s: vec![0.0; n],
     };
+    #[cfg(target_arch = "x86_64")]
+    if super::q8_0::avx2_quantizer() {
+        super::avx2_quant::quantize_rows(&x[..n * QK], &mut out.qs, &mut out.d, &mut out.s);
+        return out;
+    }
     for (i, (xb, qb)) in x
         .chunks_exact(QK)
         .zip(out.qs.chunks_exact_mut(QK))

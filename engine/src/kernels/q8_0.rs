@@ -57,6 +57,11 @@ pub(crate) fn quantize_q8_0(x: &[f32], l: usize, nb: usize) -> Q8_0Rows {
         sums: std::sync::OnceLock::new(),
         d: vec![0.0; n],
     };
+    #[cfg(target_arch = "x86_64")]
+    if avx2_quantizer() {
+        super::avx2_quant::quantize_rows(&x[..n * QK], &mut out.qs, &mut out.d, &mut []);
+        return out;
+    }
     for ((xb, qb), d_out) in x
         .chunks_exact(QK)
         .zip(out.qs.chunks_exact_mut(QK))
@@ -74,10 +79,17 @@ pub(crate) fn quantize_q8_0(x: &[f32], l: usize, nb: usize) -> Q8_0Rows {
 /// for A/B runs) or the CPU lacks AVX2.
 pub(crate) fn quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if super::isa() != Isa::Scalar && !super::avx2_v1() && Isa::Avx2.available() {
+    if avx2_quantizer() {
         return super::avx2_quant::quantize_block(xb, qb);
     }
     quantize_block_scalar(xb, qb)
+}
+
+/// Whether activations are quantized by `avx2_quant.rs` (see [`quantize_block`]). Decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_quantizer() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| super::isa() != Isa::Scalar && !super::avx2_v1() && Isa::Avx2.available())
 }
 
 /// The scalar reference of [`quantize_block`].
