@@ -63,6 +63,12 @@ pub(crate) struct Cache<E> {
 /// A KV-cache element type.
 pub(crate) trait Elem: Copy + Default + Send + Sync {
     fn from_f32(x: f32) -> Self;
+    /// `dst[i] = from_f32(src[i])` (the same values, converted a slice at a time).
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        for (o, &x) in dst.iter_mut().zip(src) {
+            *o = Self::from_f32(x);
+        }
+    }
     fn to_f32(self) -> f32;
     /// The first 8 elements of `s` as f32; `SIMD`: the caller runs with AVX2 and F16C.
     fn get8<const SIMD: bool>(s: &[Self]) -> [f32; LANES];
@@ -89,6 +95,12 @@ pub(crate) type F16 = u16;
 impl Elem for F16 {
     fn from_f32(x: f32) -> F16 {
         half::f16::from_f32(x).to_bits()
+    }
+    fn from_f32_slice(src: &[f32], dst: &mut [F16]) {
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        // One feature check and F16C vectors for the slice (`from_f32` checks per value; the
+        // same rounding either way).
+        dst.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(src);
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -131,6 +143,7 @@ impl<E: Elem> Cache<E> {
     /// Stores the keys/values (`[rows, kv_heads*head_dim]`) of every span at its positions.
     pub(crate) fn write(&mut self, g: &Geometry, spans: &[Span], k: &[f32], v: &[f32]) {
         let (hd, bs, width) = (g.head_dim, g.block_size, g.n_kv_heads * g.head_dim);
+        let mut key = Vec::new();
         for s in spans {
             for i in 0..s.len {
                 let p = s.pos + i;
@@ -139,13 +152,14 @@ impl<E: Elem> Cache<E> {
                 for kvh in 0..g.n_kv_heads {
                     let base = base(g, block, kvh);
                     let src = row + kvh * hd;
-                    for (d, &x) in k[src..src + hd].iter().enumerate() {
-                        self.k[base + d * bs + slot] = E::from_f32(x);
+                    // Keys are stored transposed: converted together, then scattered.
+                    key.resize(hd, E::default());
+                    E::from_f32_slice(&k[src..src + hd], &mut key);
+                    for (d, &x) in key.iter().enumerate() {
+                        self.k[base + d * bs + slot] = x;
                     }
                     let dst = base + slot * hd;
-                    for (o, &x) in self.v[dst..dst + hd].iter_mut().zip(&v[src..src + hd]) {
-                        *o = E::from_f32(x);
-                    }
+                    E::from_f32_slice(&v[src..src + hd], &mut self.v[dst..dst + hd]);
                 }
             }
         }

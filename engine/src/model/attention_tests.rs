@@ -226,3 +226,15 @@ fn bench_attention() {
     }
     eprintln!("attention, 8 decodes of 100-275 keys, 2 threads: {best:.1} us (min of 2000)");
 }
+
+#[test]
+fn f16_slice_conversion_equals_per_value() {
+    // Ties to even, subnormals, overflow to infinity, infinities, signed zeros.
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut x = random(&mut rng, 257);
+    x.extend([1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 1e-6, -3e-8, 70000.0, -1e9, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+    let mut got = vec![0u16; x.len()];
+    F16::from_f32_slice(&x, &mut got);
+    let want: Vec<u16> = x.iter().map(|&v| F16::from_f32(v)).collect();
+    assert_eq!(got, want);
+}
