@@ -34,8 +34,11 @@
 //! 2-core EPYC it decodes no faster than AVX2 (the matmuls are no longer the bottleneck), and
 //! its summation order brings the SmolLM2 reference test close to its tolerance.
 
+mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_act;
 #[cfg(target_arch = "x86_64")]
 mod avx2_block;
 #[cfg(target_arch = "x86_64")]
@@ -79,6 +82,7 @@ mod test_util;
 
 use std::sync::OnceLock;
 
+pub(crate) use act::swiglu;
 pub(crate) use dense::F32Matrix;
 pub(crate) use matrix::{Format, QuantMatrix};
 pub(crate) use q4_0::Q4_0Matrix;
