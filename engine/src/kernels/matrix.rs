@@ -203,14 +203,39 @@ impl<F: Format> QuantMatrix<F> {
         Self::matmul_many_with(super::isa(), mats, x, l)
     }
 
+    /// [`QuantMatrix::matmul_many`] into the caller's buffers (the host forward reuses them
+    /// from layer to layer): `ys[i]` is resized to `l * mats[i].rows` and every value of it
+    /// written, so its old contents never matter and a buffer of the right size is not zeroed.
+    pub(crate) fn matmul_many_into(mats: &[&Self], x: &[f32], l: usize, ys: &mut [&mut Vec<f32>]) -> candle_core::Result<()> {
+        Self::matmul_into_with(super::isa(), mats, x, l, ys)
+    }
+
     fn matmul_many_with(
         isa: Isa,
         mats: &[&Self],
         x: &[f32],
         l: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let mut ys: Vec<Vec<f32>> = mats.iter().map(|_| Vec::new()).collect();
+        Self::matmul_into_with(isa, mats, x, l, &mut ys.iter_mut().collect::<Vec<_>>())?;
+        Ok(ys)
+    }
+
+    fn matmul_into_with(
+        isa: Isa,
+        mats: &[&Self],
+        x: &[f32],
+        l: usize,
+        ys: &mut [&mut Vec<f32>],
+    ) -> candle_core::Result<()> {
+        if ys.len() != mats.len() {
+            candle_core::bail!("{:?} matmul: {} matrices but {} outputs", F::DTYPE, mats.len(), ys.len());
+        }
+        for (y, m) in ys.iter_mut().zip(mats) {
+            y.resize(l * m.rows, 0.0);
+        }
         let Some(cols) = mats.first().map(|m| m.cols) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         if let Some(m) = mats.iter().find(|m| m.cols != cols) {
             candle_core::bail!("{:?} matmul: matrices of {cols} and {} columns share an input", F::DTYPE, m.cols);
@@ -224,10 +249,11 @@ impl<F: Format> QuantMatrix<F> {
         }
         if cols == 0 {
             // Empty dot products (and no blocks to tile).
-            return Ok(mats.iter().map(|m| vec![0f32; l * m.rows]).collect());
+            ys.iter_mut().for_each(|y| y.fill(0.0));
+            return Ok(());
         }
         if l == 0 {
-            return Ok(mats.iter().map(|_| Vec::new()).collect());
+            return Ok(());
         }
         let isa = if isa.available() { isa } else { Isa::Scalar };
         let nb = cols / F::BLOCK_VALUES;
@@ -246,7 +272,6 @@ impl<F: Format> QuantMatrix<F> {
         let total: usize = mats.iter().map(|m| m.rows).sum();
         // Whole panels per task (a multiple of 16 rows).
         let tile = if threads == 1 { usize::MAX } else { total.div_ceil(threads * 4).max(16).next_multiple_of(16) };
-        let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; l * m.rows]).collect();
         let mut tasks = Vec::new();
         for ((y, (w, spec)), m) in ys.iter_mut().zip(&data).zip(mats).filter(|(_, m)| m.rows > 0) {
             let tile = tile.min(m.rows);
@@ -292,6 +317,6 @@ impl<F: Format> QuantMatrix<F> {
             }
         });
         drop(tasks);
-        Ok(ys)
+        Ok(())
     }
 }

@@ -148,6 +148,13 @@ pub(super) fn check_rows_independent_of_batch<F: Format>() {
             .unwrap()
     };
     let (one, three) = (pool(1), pool(3));
+    // Into stale buffers (one of the right size, one longer): every value written, the same
+    // bits as a fresh result.
+    let want = three.install(|| m.matmul(&batch, 7).unwrap());
+    let (mut stale, mut longer) = (vec![f32::NAN; 7 * rows], vec![f32::NAN; 9 * rows + 3]);
+    three.install(|| QuantMatrix::matmul_many_into(&[&m, &m], &batch, 7, &mut [&mut stale, &mut longer]).unwrap());
+    assert_eq!(bits(&stale), bits(&want), "{:?}: into a stale buffer", F::DTYPE);
+    assert_eq!(bits(&longer), bits(&want), "{:?}: into a longer buffer", F::DTYPE);
     for isa in ISAS {
         if !isa.available() {
             continue;

@@ -42,6 +42,33 @@ pub(crate) struct Layer {
     w_up: Linear,
     w_down: Linear,
     kv: Kv,
+    /// The norm weights and biases as host slices (host placement only), for
+    /// [`Layer::forward_host`].
+    host: Option<HostVectors>,
+}
+
+/// A host layer's vectors, read by [`Layer::forward_host`] without a tensor's lock.
+struct HostVectors {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+}
+
+/// The buffers of [`Layer::forward_host`], reused by every layer and step (none allocated once
+/// they have grown to the largest batch).
+#[derive(Default)]
+pub(crate) struct HostScratch {
+    /// The normed residual stream, `[rows, hidden]`.
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// A projection back to the residual stream (attention's, then the MLP's), `[rows, hidden]`.
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
 }
 
 /// Per-forward inputs shared by every layer: the batch's sequences, each row's position, and
@@ -94,7 +121,7 @@ impl Layer {
         let bq = bias(p("attn_q.bias"), q_out)?;
         let bk = bias(p("attn_k.bias"), kv_out)?;
         let bv = bias(p("attn_v.bias"), kv_out)?;
-        Ok(Layer {
+        let mut layer = Layer {
             attn_norm,
             wq,
             wk,
@@ -114,7 +141,16 @@ impl Layer {
                         .map_err(|e| EngineError::Load(format!("KV cache of {n_blocks} blocks: {e}")))?,
                 ),
             },
-        })
+            host: None,
+        };
+        if let Placement::Host { .. } = at {
+            let v = |t: &Tensor| t.to_vec1::<f32>().map_err(|e| EngineError::Load(format!("block {i} vector: {e}")));
+            let o = |t: &Option<Tensor>| t.as_ref().map(v).transpose();
+            let l = &layer;
+            let host = HostVectors { attn_norm: v(&l.attn_norm)?, ffn_norm: v(&l.ffn_norm)?, bq: o(&l.bq)?, bk: o(&l.bk)?, bv: o(&l.bv)? };
+            layer.host = Some(host);
+        }
+        Ok(layer)
     }
 
     /// `x`: `[L, hidden]` residual stream in; returns the residual stream out.
@@ -124,15 +160,52 @@ impl Layer {
         x: &Tensor,
         s: &Step,
     ) -> candle_core::Result<Tensor> {
-        let h = candle_nn::ops::rms_norm(x, &self.attn_norm, cfg.rms_eps)?;
+        let h = rms_norm(x, &self.attn_norm, cfg.rms_eps)?;
         let attn = self.attention(cfg, &h, s)?;
         let x = (x + self.wo.forward(&attn)?)?;
-        let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, cfg.rms_eps)?;
+        let h = rms_norm(&x, &self.ffn_norm, cfg.rms_eps)?;
         let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.w_gate, &self.w_up], &h)?
             .try_into()
             .map_err(|_| candle_core::Error::Msg("gate/up matmul gave the wrong count".into()))?;
         let mlp = self.w_down.forward(&swiglu(&gate, &up)?)?;
         x + mlp
+    }
+
+    /// [`Layer::forward`] on the host without tensors: `x` (`[rows, hidden]`) is updated in
+    /// place, the intermediate values live in `sc`. The same values as `forward`, bit for bit
+    /// (test), in fewer copies and allocations: the serial work between the parallel loops,
+    /// which the team's other threads wait through.
+    pub(crate) fn forward_host(
+        &mut self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        s: &Step,
+        sc: &mut HostScratch,
+    ) -> candle_core::Result<()> {
+        let (Kv::Host(kv), Some(hv)) = (&mut self.kv, &self.host) else {
+            candle_core::bail!("host forward of a layer placed on a device");
+        };
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let rows = s.positions.len();
+        rms_norm_rows(x, &hv.attn_norm, cfg.rms_eps, &mut sc.h);
+        Linear::host_many(&[&self.wq, &self.wk, &self.wv], &sc.h, rows, &mut [&mut sc.q, &mut sc.k, &mut sc.v])?;
+        for (y, b) in [(&mut sc.q, &hv.bq), (&mut sc.k, &hv.bk), (&mut sc.v, &hv.bv)] {
+            if let Some(b) = b {
+                add_rows(y, b);
+            }
+        }
+        attention::rope(&mut sc.q, nh, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+        attention::rope(&mut sc.k, nkv, hd, s.positions, s.cos, s.sin, cfg.rope_style);
+        kv.write(&s.geometry, s.spans, &sc.k, &sc.v);
+        let attn = attention::attend(kv, &s.geometry, s.spans, &sc.q);
+        Linear::host_many(&[&self.wo], &attn, rows, &mut [&mut sc.o])?;
+        add_rows(x, &sc.o);
+        rms_norm_rows(x, &hv.ffn_norm, cfg.rms_eps, &mut sc.h);
+        Linear::host_many(&[&self.w_gate, &self.w_up], &sc.h, rows, &mut [&mut sc.gate, &mut sc.up])?;
+        swiglu_host(&mut sc.gate, &sc.up);
+        Linear::host_many(&[&self.w_down], &sc.gate, rows, &mut [&mut sc.o])?;
+        add_rows(x, &sc.o);
+        Ok(())
     }
 
     /// Self-attention of the batch over its sequences' KV blocks; returns `[T, heads*head_dim]`.
@@ -186,19 +259,49 @@ impl Layer {
     }
 }
 
-/// Parallel items per thread of [`swiglu`] (at least 256 values each).
+/// RMSNorm of every row of `x` (`[rows, n]`) times `w` (`n` values) into `out` (resized):
+/// candle's CPU formula (`v / sqrt(mean(v^2) + eps) * w`, the squares summed in order), so the
+/// host and tensor paths agree bit for bit.
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let n = w.len();
+    for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum2: f32 = xr.iter().map(|&v| v * v).sum();
+        let m = (sum2 / n as f32 + eps).sqrt();
+        for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(w) {
+            *y = v / m * w;
+        }
+    }
+}
+
+/// RMSNorm of a `[.., n]` tensor by `w` (`[n]`): [`rms_norm_rows`] on host f32 tensors,
+/// candle's kernel elsewhere.
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(host(x) && host(w)) || w.rank() != 1 || x.dims().last() != Some(&w.elem_count()) {
+        return candle_nn::ops::rms_norm(x, w, eps);
+    }
+    let mut y = Vec::new();
+    rms_norm_rows(&x.flatten_all()?.to_vec1::<f32>()?, &w.to_vec1::<f32>()?, eps, &mut y);
+    Tensor::from_vec(y, x.dims(), x.device())
+}
+
+/// `y[r] += b` for every row `r` of `y` (`[rows, b.len()]`): a broadcast add, or a residual add
+/// when `b` is as long as `y`.
+fn add_rows(y: &mut [f32], b: &[f32]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        for (a, &b) in row.iter_mut().zip(b) {
+            *a += b;
+        }
+    }
+}
+
+/// Parallel items per thread of [`swiglu_host`] (at least 256 values each).
 const SWIGLU_ITEMS_PER_THREAD: usize = 2;
 
-/// `silu(gate) * up` on the host with `kernels::swiglu` (candle's formula; its `exp` on AVX2 is
-/// the kernel's own, within a few ulp), in parallel chunks (`crate::pool::for_each`); any other
-/// device or dtype goes through candle.
-fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(host(gate) && host(up)) || gate.dims() != up.dims() {
-        return gate.silu()? * up;
-    }
-    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
-    let u = up.flatten_all()?.to_vec1::<f32>()?;
+/// `g = silu(g) * u` with `kernels::swiglu` (candle's formula; its `exp` on AVX2 is the
+/// kernel's own, within 2 ulp) in parallel chunks (`crate::pool::for_each`).
+fn swiglu_host(g: &mut [f32], u: &[f32]) {
     let chunk = g.len().div_ceil(crate::pool::threads() * SWIGLU_ITEMS_PER_THREAD).max(256);
     let chunks: Vec<_> = g.chunks_mut(chunk).zip(u.chunks(chunk)).map(std::sync::Mutex::new).collect();
     crate::pool::for_each(chunks.len(), |i| {
@@ -206,7 +309,16 @@ fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
         let (g, u) = &mut *chunk;
         crate::kernels::swiglu(g, u);
     });
-    drop(chunks);
+}
+
+/// `silu(gate) * up`: [`swiglu_host`] on host f32 tensors, candle's ops elsewhere.
+fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(host(gate) && host(up)) || gate.dims() != up.dims() {
+        return gate.silu()? * up;
+    }
+    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+    swiglu_host(&mut g, &up.flatten_all()?.to_vec1::<f32>()?);
     Tensor::from_vec(g, gate.dims(), gate.device())
 }
 

@@ -46,7 +46,7 @@ use candle_core::{DType, Device, Tensor};
 use attention::{Geometry, Span};
 pub use config::{ModelConfig, RopeScaling, RopeStyle};
 use device_attention::DeviceBatch;
-use layer::{DeviceStep, Layer, Step};
+use layer::{DeviceStep, HostScratch, Layer, Step};
 pub use placement::{KvDtype, Placement};
 use weights::{Embeddings, Linear, WeightSource};
 
@@ -126,6 +126,10 @@ pub struct Model {
     rope_sin: Vec<f32>,
     /// The RoPE tables `[ctx, head_dim/2]` f32 on the device (device placement only).
     device_rope: Option<(Tensor, Tensor)>,
+    /// The host forward's buffers ([`Layer::forward_host`]).
+    scratch: HostScratch,
+    /// Run the host placement through the layers' tensor path (tests compare the two).
+    tensor_path: bool,
 }
 
 impl Model {
@@ -285,6 +289,8 @@ impl Model {
             rope_cos,
             rope_sin,
             device_rope,
+            scratch: HostScratch::default(),
+            tensor_path: false,
         })
     }
 
@@ -405,21 +411,35 @@ impl Model {
             sin: &self.rope_sin,
             device,
         };
+        let last_rows: Vec<usize> =
+            spans.iter().zip(seqs).filter(|(_, s)| s.logits).map(|(sp, _)| sp.row + sp.len - 1).collect();
+        let n = last_rows.len();
+        if matches!(self.placement, Placement::Host { .. }) && !self.tensor_path {
+            // The host forward: slices and reused buffers, no tensors until the logits.
+            let (cfg, h) = (&self.config, self.config.hidden_size);
+            let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+            for layer in &mut self.layers {
+                layer.forward_host(cfg, &mut xs, &step, &mut self.scratch)?;
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let last: Vec<f32> = last_rows.iter().flat_map(|&r| &xs[r * h..(r + 1) * h]).copied().collect();
+            let mut normed = Vec::new();
+            layer::rms_norm_rows(&last, &self.output_norm.to_vec1::<f32>()?, cfg.rms_eps, &mut normed);
+            let mut logits = Vec::new();
+            Linear::host_many(&[&self.output], &normed, n, &mut [&mut logits])?;
+            return Ok(Some(Tensor::from_vec(logits, (n, cfg.vocab_size), &self.device)?));
+        }
         for layer in &mut self.layers {
             x = layer.forward(&self.config, &x, &step)?;
         }
-        let last_rows: Vec<u32> = spans
-            .iter()
-            .zip(seqs)
-            .filter(|(_, s)| s.logits)
-            .map(|(sp, _)| (sp.row + sp.len - 1) as u32)
-            .collect();
-        if last_rows.is_empty() {
+        if n == 0 {
             return Ok(None);
         }
-        let n = last_rows.len();
-        let last = x.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
+        let rows = Tensor::from_vec(last_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), n, &self.device)?;
+        let last = x.index_select(&rows, 0)?;
+        let last = layer::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
         Ok(Some(self.output.forward(&last)?))
     }
 
@@ -491,3 +511,7 @@ impl Model {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "host_forward_tests.rs"]
+mod host_forward_tests;

@@ -157,6 +157,31 @@ fn ours_many<F: Format>(ms: &[&QuantMatrix<F>], x: &Tensor) -> candle_core::Resu
         .collect()
 }
 
+/// Runs `$body` with `$ms` bound to the matrices of `$ls` as our kernels' `QuantMatrix`es when
+/// all of them are of one format we run (see [`Linear`]); does nothing otherwise.
+macro_rules! with_ours {
+    ($ls:expr, $ms:ident => $body:expr) => {
+        if let Some($ms) = all_of($ls, |l| if let Linear::Q4_1(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+        if let Some($ms) = all_of($ls, |l| if let Linear::Q8_0(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+        if let Some($ms) = all_of($ls, |l| if let Linear::Q4_0(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+        if let Some($ms) = all_of($ls, |l| if let Linear::Q6K(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+        if let Some($ms) = all_of($ls, |l| if let Linear::Q4K(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+        if let Some($ms) = all_of($ls, |l| if let Linear::F32(m) = l { Some(m) } else { None }) {
+            $body;
+        }
+    };
+}
+
 /// `Some` of every matrix's `pick` when all of them have one.
 fn all_of<'a, T>(ls: &[&'a Linear], pick: fn(&'a Linear) -> Option<&'a T>) -> Option<Vec<&'a T>> {
     ls.iter().map(|l| pick(l)).collect()
@@ -303,25 +328,25 @@ impl Linear {
     /// parallel region ([`QuantMatrix::matmul_many`]); otherwise one [`Linear::forward`] each.
     /// The values are [`Linear::forward`]'s either way.
     pub(crate) fn forward_many(ls: &[&Linear], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        if let Some(ms) = all_of(ls, |l| if let Linear::Q4_1(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
-        if let Some(ms) = all_of(ls, |l| if let Linear::Q8_0(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
-        if let Some(ms) = all_of(ls, |l| if let Linear::Q4_0(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
-        if let Some(ms) = all_of(ls, |l| if let Linear::Q6K(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
-        if let Some(ms) = all_of(ls, |l| if let Linear::Q4K(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
-        if let Some(ms) = all_of(ls, |l| if let Linear::F32(m) = l { Some(m) } else { None }) {
-            return ours_many(&ms, x);
-        }
+        with_ours!(ls, ms => return ours_many(&ms, x));
         ls.iter().map(|l| l.forward(x)).collect()
+    }
+
+    /// [`Linear::forward_many`] on host slices (the host forward's path): `x` is `[l, cols]`,
+    /// `outs[i]` becomes `[l, rows of ls[i]]`, resized (a reused buffer is not zeroed). Our
+    /// kernels write into the buffers ([`QuantMatrix::matmul_many_into`]); candle's
+    /// (`Linear::Candle`) go through a tensor and a copy. The same values as `forward_many`.
+    pub(crate) fn host_many(ls: &[&Linear], x: &[f32], l: usize, outs: &mut [&mut Vec<f32>]) -> candle_core::Result<()> {
+        if ls.len() != outs.len() {
+            candle_core::bail!("{} matrices but {} outputs", ls.len(), outs.len());
+        }
+        with_ours!(ls, ms => return QuantMatrix::matmul_many_into(&ms, x, l, outs));
+        let cols = x.len().checked_div(l).unwrap_or(0);
+        let t = Tensor::from_slice(x, (l, cols), &Device::Cpu)?;
+        for (m, out) in ls.iter().zip(outs.iter_mut()) {
+            **out = m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+        }
+        Ok(())
     }
 
     /// Bytes of the matrix as stored (what one pass over it reads).
