@@ -103,6 +103,16 @@ pub fn kv_bytes_per_block(cfg: &ModelConfig, placement: &Placement) -> usize {
     2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BLOCK_SIZE * placement.kv_elem_bytes()
 }
 
+/// Where [`Model::run`] left the logits of the sequences that asked for them.
+enum Logits {
+    /// `[n, vocab]` at the front of the scratch's logits buffer (reused from step to step).
+    Host(usize),
+    /// `[n, vocab]` on the device, in the model's dtype.
+    Device(Tensor),
+    /// No sequence asked.
+    None,
+}
+
 /// A loaded model with its KV storage.
 pub struct Model {
     config: ModelConfig,
@@ -358,8 +368,9 @@ impl Model {
     /// block table too short or naming a block that doesn't exist, or a token id >= vocab.
     pub fn forward_batch(&mut self, seqs: &[SeqInput]) -> Result<Vec<Vec<f32>>, EngineError> {
         match self.run(seqs)? {
-            Some(logits) => Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?),
-            None => Ok(Vec::new()),
+            Logits::Host(n) => Ok(self.scratch.logits.chunks_exact(self.config.vocab_size).take(n).map(<[f32]>::to_vec).collect()),
+            Logits::Device(logits) => Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?),
+            Logits::None => Ok(Vec::new()),
         }
     }
 
@@ -368,14 +379,17 @@ impl Model {
     /// copied back (ties: the lowest id on the host; the device's argmax on a device).
     pub fn forward_batch_greedy(&mut self, seqs: &[SeqInput]) -> Result<Vec<u32>, EngineError> {
         match self.run(seqs)? {
-            Some(logits) => Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?),
-            None => Ok(Vec::new()),
+            Logits::Host(n) => {
+                Ok(self.scratch.logits.chunks_exact(self.config.vocab_size).take(n).map(crate::sampler::argmax).collect())
+            }
+            Logits::Device(logits) => Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?),
+            Logits::None => Ok(Vec::new()),
         }
     }
 
     /// The forward of [`Model::forward_batch`]; the logits `[asking seqs, vocab]` stay where
     /// they were computed, in the model's dtype.
-    fn run(&mut self, seqs: &[SeqInput]) -> Result<Option<Tensor>, EngineError> {
+    fn run(&mut self, seqs: &[SeqInput]) -> Result<Logits, EngineError> {
         let mut spans = Vec::with_capacity(seqs.len());
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -422,25 +436,31 @@ impl Model {
                 layer.forward_host(cfg, &mut xs, &step, &mut self.scratch)?;
             }
             if n == 0 {
-                return Ok(None);
+                return Ok(Logits::None);
             }
             let last: Vec<f32> = last_rows.iter().flat_map(|&r| &xs[r * h..(r + 1) * h]).copied().collect();
             let mut normed = Vec::new();
             layer::rms_norm_rows(&last, &self.output_norm.to_vec1::<f32>()?, cfg.rms_eps, &mut normed);
-            let mut logits = Vec::new();
-            Linear::host_many(&[&self.output], &normed, n, &mut [&mut logits])?;
-            return Ok(Some(Tensor::from_vec(logits, (n, cfg.vocab_size), &self.device)?));
+            Linear::host_many(&[&self.output], &normed, n, &mut [&mut self.scratch.logits])?;
+            return Ok(Logits::Host(n));
         }
         for layer in &mut self.layers {
             x = layer.forward(&self.config, &x, &step)?;
         }
         if n == 0 {
-            return Ok(None);
+            return Ok(Logits::None);
         }
         let rows = Tensor::from_vec(last_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), n, &self.device)?;
         let last = x.index_select(&rows, 0)?;
         let last = layer::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
-        Ok(Some(self.output.forward(&last)?))
+        let logits = self.output.forward(&last)?;
+        match self.placement {
+            Placement::Host { .. } => {
+                self.scratch.logits = logits.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Logits::Host(n))
+            }
+            Placement::Device { .. } => Ok(Logits::Device(logits)),
+        }
     }
 
     /// Waits until the device has finished the work queued so far (timing; a no-op on the CPU).
