@@ -13,7 +13,9 @@
 //! its own query and its own sequence's keys/values, summed in position order; which other
 //! sequences share the batch, how a prompt was chunked, the thread count and the instruction set
 //! change nothing, bit for bit (the AVX2 build of the loops differs only in register width: the
-//! per-lane arithmetic and the reduction order are the same, and Rust never fuses a*b+c).
+//! per-lane arithmetic and the reduction order are the same; the dot products and weighted sums
+//! use `mul_add`, one rounding, which the AVX2 build runs as FMA and the portable build as the
+//! target's FMA (aarch64) or libm's `fmaf` (x86-64 without AVX2: slow, but the same values).
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -341,8 +343,18 @@ fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geomet
                 prefetch(&kv.v[n.base + n.slot0 * hd..][..n.slots * hd]);
             }
             let kt = &kv.k[r.base..r.base + hd * bs];
-            for (hq, sc) in qrow.chunks_exact(hd).zip(scores.chunks_exact_mut(n_keys)) {
-                key_scores::<E, SIMD>(hq, kt, bs, r.slot0, &mut sc[j..j + r.slots], scale);
+            // Up to MAX_FUSED heads at a time: each key converted once for all of them.
+            let mut qs = qrow.chunks_exact(hd);
+            let mut outs = scores.chunks_exact_mut(n_keys).map(|sc| &mut sc[j..j + r.slots]);
+            let mut left = it.heads;
+            while left > 0 {
+                let take = left.min(MAX_FUSED);
+                left -= take;
+                match take {
+                    3 => key_scores::<E, SIMD, 3>(heads(&mut qs), kt, bs, r.slot0, heads(&mut outs), scale),
+                    2 => key_scores::<E, SIMD, 2>(heads(&mut qs), kt, bs, r.slot0, heads(&mut outs), scale),
+                    _ => key_scores::<E, SIMD, 1>(heads(&mut qs), kt, bs, r.slot0, heads(&mut outs), scale),
+                }
             }
             j += r.slots;
         }
@@ -355,8 +367,17 @@ fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geomet
         let mut j = 0;
         for r in runs {
             let vals = &kv.v[r.base + r.slot0 * hd..][..r.slots * hd];
-            for (a, sc) in acc.chunks_exact_mut(hd).zip(scores.chunks_exact(n_keys)) {
-                accumulate::<E, SIMD, HD>(a, vals, &sc[j..j + r.slots]);
+            let mut accs = acc.chunks_exact_mut(hd);
+            let mut ws = scores.chunks_exact(n_keys).map(|sc| &sc[j..j + r.slots]);
+            let mut left = it.heads;
+            while left > 0 {
+                let take = left.min(MAX_FUSED);
+                left -= take;
+                match take {
+                    3 => accumulate::<E, SIMD, HD, 3>(heads(&mut accs), vals, heads(&mut ws)),
+                    2 => accumulate::<E, SIMD, HD, 2>(heads(&mut accs), vals, heads(&mut ws)),
+                    _ => accumulate::<E, SIMD, HD, 1>(heads(&mut accs), vals, heads(&mut ws)),
+                }
             }
             j += r.slots;
         }
@@ -437,75 +458,110 @@ fn exp8(x: [f32; LANES]) -> [f32; LANES] {
 const LANES: usize = 8;
 
 /// Partial sums per score: dim `d` of a (query, key) dot product goes to partial `d % PARTS`,
-/// each summed in dim order from 0.0, and the score is `(p0 + p1) + (p2 + p3)`. Every score is
-/// computed exactly so, as a vector lane or alone.
+/// each accumulated in dim order from 0.0 with fused multiply-adds (`mul_add`: one rounding,
+/// FMA in the AVX2 build), and the score is `(p0 + p1) + (p2 + p3)`. Every score is computed
+/// exactly so, as a vector lane or alone, whichever heads share the pass.
 const PARTS: usize = 4;
 
-/// `out[i] = scale * q . key(slot0 + i)` for the keys of one block and KV head, `kt` its keys
-/// transposed (`[head_dim, block_size]`).
+/// Query heads whose scores (and weighted values) one pass over a block computes: each key
+/// (value) vector is loaded and widened once for all of them, and their partial sums are
+/// independent chains (3 heads x 4 partials x 8 lanes fill 12 of AVX2's 16 registers).
+const MAX_FUSED: usize = 3;
+
+/// The next `H` items of `it` (the heads of one fused pass; the caller knows there are `H`).
 #[inline(always)]
-fn key_scores<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, slot0: usize, out: &mut [f32], scale: f32) {
-    let end = slot0 + out.len();
+fn heads<T, const H: usize>(it: &mut impl Iterator<Item = T>) -> [T; H] {
+    std::array::from_fn(|_| it.next().expect("a head per fused slot"))
+}
+
+/// `out[h][i] = scale * q[h] . key(slot0 + i)` for the keys of one block and KV head and `H`
+/// query heads, `kt` its keys transposed (`[head_dim, block_size]`).
+#[inline(always)]
+fn key_scores<E: Elem, const SIMD: bool, const H: usize>(
+    q: [&[f32]; H],
+    kt: &[E],
+    bs: usize,
+    slot0: usize,
+    mut out: [&mut [f32]; H],
+    scale: f32,
+) {
+    let end = slot0 + out[0].len();
     let mut s = slot0;
     while s < end {
         if bs.is_multiple_of(LANES) {
             // The 8 lanes of the aligned group holding `s` (some may be outside the run: their
             // scores are computed and dropped).
             let g0 = s - s % LANES;
-            let lanes = scores8::<E, SIMD>(q, kt, bs, g0);
+            let lanes = scores8::<E, SIMD, H>(&q, kt, bs, g0);
             let stop = end.min(g0 + LANES);
-            if s == g0 && stop == g0 + LANES {
-                // A whole group: one vector multiply and store (the lanes never go through
-                // memory one by one).
-                let o: &mut [f32; LANES] = (&mut out[s - slot0..stop - slot0]).try_into().expect("8 scores");
-                for l in 0..LANES {
-                    o[l] = lanes[l] * scale;
-                }
-            } else {
-                for x in s..stop {
-                    out[x - slot0] = lanes[x - g0] * scale;
+            for (o, lanes) in out.iter_mut().zip(&lanes) {
+                if s == g0 && stop == g0 + LANES {
+                    // A whole group: one vector multiply and store (the lanes never go through
+                    // memory one by one).
+                    let o: &mut [f32; LANES] = (&mut o[s - slot0..stop - slot0]).try_into().expect("8 scores");
+                    for l in 0..LANES {
+                        o[l] = lanes[l] * scale;
+                    }
+                } else {
+                    for x in s..stop {
+                        o[x - slot0] = lanes[x - g0] * scale;
+                    }
                 }
             }
             s = stop;
         } else {
-            out[s - slot0] = score1(q, kt, bs, s) * scale;
+            for (o, q) in out.iter_mut().zip(&q) {
+                o[s - slot0] = score1(q, kt, bs, s) * scale;
+            }
             s += 1;
         }
     }
 }
 
-/// The dot products of `q` with keys `g0..g0+8` of a transposed block (see [`PARTS`]).
+/// The dot products of `q[h]` with keys `g0..g0+8` of a transposed block (see [`PARTS`]).
 #[inline(always)]
-fn scores8<E: Elem, const SIMD: bool>(q: &[f32], kt: &[E], bs: usize, g0: usize) -> [f32; LANES] {
+fn scores8<E: Elem, const SIMD: bool, const H: usize>(q: &[&[f32]; H], kt: &[E], bs: usize, g0: usize) -> [[f32; LANES]; H] {
+    let hd = q[0].len();
     // Checked once here rather than at every load (the checks cost as much as the arithmetic).
-    assert!(g0 + LANES <= bs && kt.len() >= q.len() * bs);
-    let mut parts = [[0.0f32; LANES]; PARTS];
+    assert!(g0 + LANES <= bs && kt.len() >= hd * bs && q.iter().all(|q| q.len() == hd));
+    let mut parts = [[[0.0f32; LANES]; PARTS]; H];
     // Unrolled by PARTS so that each partial stays in a register.
-    let whole = q.len() - q.len() % PARTS;
+    let whole = hd - hd % PARTS;
     for d in (0..whole).step_by(PARTS) {
-        for (j, p) in parts.iter_mut().enumerate() {
+        for j in 0..PARTS {
             let o = (d + j) * bs + g0;
-            // SAFETY: d + j < q.len(), so o + LANES <= q.len() * bs <= kt.len() (asserted).
-            lane_step(p, q[d + j], E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) }));
+            // SAFETY: d + j < hd, so o + LANES <= hd * bs <= kt.len() (asserted).
+            let k = E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) });
+            for h in 0..H {
+                // SAFETY: d + j < hd == q[h].len() (asserted).
+                lane_step(&mut parts[h][j], unsafe { *q[h].get_unchecked(d + j) }, k);
+            }
         }
     }
-    for d in whole..q.len() {
+    for d in whole..hd {
         let o = d * bs + g0;
         // SAFETY: as above.
-        lane_step(&mut parts[d % PARTS], q[d], E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) }));
+        let k = E::get8::<SIMD>(unsafe { kt.get_unchecked(o..o + LANES) });
+        for h in 0..H {
+            lane_step(&mut parts[h][d % PARTS], q[h][d], k);
+        }
     }
-    let mut out = [0.0f32; LANES];
-    for l in 0..LANES {
-        out[l] = (parts[0][l] + parts[1][l]) + (parts[2][l] + parts[3][l]);
+    // Plain loops, not `array::from_fn`: its closure is compiled without the caller's AVX2 (a
+    // call and a `vzeroupper` per group of 8 keys).
+    let mut out = [[0.0f32; LANES]; H];
+    for (o, p) in out.iter_mut().zip(&parts) {
+        for l in 0..LANES {
+            o[l] = (p[0][l] + p[1][l]) + (p[2][l] + p[3][l]);
+        }
     }
     out
 }
 
-/// `p[l] += qd * k[l]` for the 8 lanes.
+/// `p[l] = qd * k[l] + p[l]` (one rounding) for the 8 lanes.
 #[inline(always)]
 fn lane_step(p: &mut [f32; LANES], qd: f32, k: [f32; LANES]) {
     for l in 0..LANES {
-        p[l] += qd * k[l];
+        p[l] = qd.mul_add(k[l], p[l]);
     }
 }
 
@@ -514,35 +570,55 @@ fn lane_step(p: &mut [f32; LANES], qd: f32, k: [f32; LANES]) {
 fn score1<E: Elem>(q: &[f32], kt: &[E], bs: usize, x: usize) -> f32 {
     let mut parts = [0.0f32; PARTS];
     for (d, &qd) in q.iter().enumerate() {
-        parts[d % PARTS] += qd * kt[d * bs + x].to_f32();
+        parts[d % PARTS] = qd.mul_add(kt[d * bs + x].to_f32(), parts[d % PARTS]);
     }
     (parts[0] + parts[1]) + (parts[2] + parts[3])
 }
 
-/// `a += w[i] * value i` for each value row of `vals` (`[w.len(), head_dim]`), in order; the
-/// head held in registers when its size `HD` is a constant.
+/// Dims of a head one pass of [`accumulate`] keeps in registers per head (with `H` = 3: 12
+/// accumulators of 8 lanes).
+const ACC_DIMS: usize = 32;
+
+/// `a[h] += w[h][i] * value i` (fused multiply-adds, one rounding each) for each value row of
+/// `vals` (`[w[h].len(), head_dim]`), in order, for `H` heads; each value loaded and widened once
+/// for all of them, `ACC_DIMS` dims at a time, when the head size `HD` is a constant.
 #[inline(always)]
-fn accumulate<E: Elem, const SIMD: bool, const HD: usize>(a: &mut [f32], vals: &[E], w: &[f32]) {
-    if HD == 0 {
-        for (vr, &w) in vals.chunks_exact(a.len()).zip(w) {
-            for (a, x) in a.iter_mut().zip(vr) {
-                *a += w * x.to_f32();
+fn accumulate<E: Elem, const SIMD: bool, const HD: usize, const H: usize>(a: [&mut [f32]; H], vals: &[E], w: [&[f32]; H]) {
+    if HD == 0 || !HD.is_multiple_of(ACC_DIMS) {
+        for (a, w) in a.into_iter().zip(w) {
+            for (vr, &w) in vals.chunks_exact(a.len()).zip(w) {
+                for (a, x) in a.iter_mut().zip(vr) {
+                    *a = w.mul_add(x.to_f32(), *a);
+                }
             }
         }
         return;
     }
-    let mut r = [0.0f32; HD];
-    r.copy_from_slice(a);
-    for (vr, &w) in vals.chunks_exact(HD).zip(w) {
-        // HD (64 or 128) is a multiple of 8.
-        for d0 in (0..HD).step_by(LANES) {
-            let v = E::get8::<SIMD>(&vr[d0..]);
-            for l in 0..LANES {
-                r[d0 + l] += w * v[l];
+    let n = w[0].len();
+    assert!(vals.len() >= n * HD && w.iter().all(|w| w.len() == n) && a.iter().all(|a| a.len() == HD));
+    for c0 in (0..HD).step_by(ACC_DIMS) {
+        let mut r = [[0.0f32; ACC_DIMS]; H];
+        for h in 0..H {
+            r[h].copy_from_slice(&a[h][c0..c0 + ACC_DIMS]);
+        }
+        for i in 0..n {
+            for d0 in (0..ACC_DIMS).step_by(LANES) {
+                let o = i * HD + c0 + d0;
+                // SAFETY: i < n, c0 + d0 + LANES <= HD, so o + LANES <= n * HD <= vals.len().
+                let v = E::get8::<SIMD>(unsafe { vals.get_unchecked(o..o + LANES) });
+                for h in 0..H {
+                    // SAFETY: i < n == w[h].len() (asserted).
+                    let wi = unsafe { *w[h].get_unchecked(i) };
+                    for l in 0..LANES {
+                        r[h][d0 + l] = wi.mul_add(v[l], r[h][d0 + l]);
+                    }
+                }
             }
         }
+        for h in 0..H {
+            a[h][c0..c0 + ACC_DIMS].copy_from_slice(&r[h]);
+        }
     }
-    a.copy_from_slice(&r);
 }
 
 /// Rotates the first `2*half` dims of every head of `x` (`[rows, heads*head_dim]`) by the angle

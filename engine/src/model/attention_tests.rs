@@ -155,25 +155,45 @@ fn vector_lanes_score_like_lone_keys() {
     let mut rng = StdRng::seed_from_u64(5);
     for hd in [64, 20, 3] {
         let bs = 16;
-        let q = random(&mut rng, hd);
+        let qs: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, hd)).collect();
         let kt = random(&mut rng, hd * bs);
         let kt16: Vec<F16> = kt.iter().map(|&x| <F16 as Elem>::from_f32(x)).collect();
         for (slot0, n) in [(0, 16), (0, 1), (3, 9), (7, 2), (9, 7), (15, 1)] {
-            let mut got = vec![0.0; n];
-            key_scores::<f32, false>(&q, &kt, bs, slot0, &mut got, 0.125);
-            let want: Vec<f32> = (slot0..slot0 + n).map(|x| score1(&q, &kt, bs, x) * 0.125).collect();
-            assert_eq!(got, want, "hd {hd} slots {slot0}+{n}");
+            let want = |kt: &[_]| -> Vec<Vec<f32>> {
+                qs.iter().map(|q| (slot0..slot0 + n).map(|x| score1(q, kt, bs, x) * 0.125).collect()).collect()
+            };
+            let want16: Vec<Vec<f32>> =
+                qs.iter().map(|q| (slot0..slot0 + n).map(|x| score1(q, &kt16, bs, x) * 0.125).collect()).collect();
+            // One head alone, and three fused in one pass: each head's scores are score1's.
+            let mut got = vec![vec![0.0; n]; 3];
+            for (h, g) in got.iter_mut().enumerate() {
+                key_scores::<f32, false, 1>([&qs[h]], &kt, bs, slot0, [g], 0.125);
+            }
+            assert_eq!(got, want(&kt), "hd {hd} slots {slot0}+{n}, one head");
+            let [a, b, c] = &mut got[..] else { unreachable!() };
+            key_scores::<f32, false, 3>([&qs[0], &qs[1], &qs[2]], &kt, bs, slot0, [a, b, c], 0.125);
+            assert_eq!(got, want(&kt), "hd {hd} slots {slot0}+{n}, three heads");
             // f16 keys: widened by `half` or by F16C, the same scores.
-            let want: Vec<f32> = (slot0..slot0 + n).map(|x| score1(&q, &kt16, bs, x) * 0.125).collect();
-            key_scores::<F16, false>(&q, &kt16, bs, slot0, &mut got, 0.125);
-            assert_eq!(got, want, "f16 hd {hd} slots {slot0}+{n}");
+            let [a, b, c] = &mut got[..] else { unreachable!() };
+            key_scores::<F16, false, 3>([&qs[0], &qs[1], &qs[2]], &kt16, bs, slot0, [a, b, c], 0.125);
+            assert_eq!(got, want16, "f16 hd {hd} slots {slot0}+{n}");
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("f16c") {
-                key_scores::<F16, true>(&q, &kt16, bs, slot0, &mut got, 0.125);
-                assert_eq!(got, want, "f16 (F16C) hd {hd} slots {slot0}+{n}");
+            if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("fma") {
+                let [a, b] = &mut got[..2] else { unreachable!() };
+                // SAFETY: the features were just checked.
+                unsafe { f16c_scores(&qs, &kt16, bs, slot0, [a, b]) };
+                assert_eq!(got, want16, "f16 (F16C) hd {hd} slots {slot0}+{n}");
             }
         }
     }
+}
+
+/// Two fused heads' scores with the F16C/FMA build of the loops.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16c_scores(qs: &[Vec<f32>], kt: &[F16], bs: usize, slot0: usize, out: [&mut Vec<f32>; 2]) {
+    let [a, b] = out;
+    key_scores::<F16, true, 2>([&qs[0], &qs[1]], kt, bs, slot0, [a, b], 0.125);
 }
 
 #[test]
