@@ -444,12 +444,15 @@ fn exp8(x: [f32; LANES]) -> [f32; LANES] {
     let mut out = [0.0f32; LANES];
     for l in 0..LANES {
         let v = x[l].max(-87.0);
-        let n = (v * LOG2E + ROUND) - ROUND;
+        let t = v * LOG2E + ROUND;
+        let n = t - ROUND;
         let r = (v - n * LN2_HI) - n * LN2_LO;
         let p = 1.0
             + r * (1.0
                 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let bits = ((n as i32 + 127) as u32) << 23;
+        // 2^n from `t`'s bits, which are ROUND's plus n (t lies in ROUND's binade, spacing 1):
+        // integer ops that vectorize, where `n as i32` (saturating, NaN -> 0) did not.
+        let bits = t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23;
         out[l] = p * f32::from_bits(bits);
     }
     out
@@ -633,17 +636,26 @@ pub(crate) fn rope(
     style: RopeStyle,
 ) {
     let half = head_dim / 2;
+    // The style matched outside the loops, so that each inner loop is a plain vector loop.
     for (row, &p) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
         let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
         for head in row.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (a, b) = match style {
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    RopeStyle::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[i] - x1 * s[i];
-                head[b] = x0 * s[i] + x1 * c[i];
+            match style {
+                RopeStyle::Interleaved => {
+                    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(c).zip(s) {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * c - x1 * s;
+                        pair[1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (a, b) = head.split_at_mut(half);
+                    for (((a, b), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(c).zip(s) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * c - x1 * s;
+                        *b = x0 * s + x1 * c;
+                    }
+                }
             }
         }
     }

@@ -121,6 +121,19 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
     }
     assert!(worst < 5e-7, "worst relative error {worst}");
     assert_eq!(exp8([0.0; LANES]), [1.0; LANES]);
+    // 2^n from the rounding constant's bits: what `n as i32` gave (below -87 too: clamped).
+    for i in 0..=20_000 {
+        let x = -100.0 * i as f32 / 20_000.0;
+        let v = x.max(-87.0);
+        let n = (v * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        assert_eq!(exp8([x; LANES])[5].to_bits(), {
+            let r = (v - n * 0.693_145_75) - n * 1.428_606_8e-6;
+            let p = 1.0
+                + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            (p * two_n).to_bits()
+        }, "x = {x}");
+    }
 }
 
 #[test]
