@@ -101,7 +101,7 @@ mod tests {
         // The same values at every offset of a 37-long slice (vector body and ragged end).
         let base: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.731).collect();
         let mut whole = base.clone();
-        swiglu_with(Isa::Avx2, &mut whole, &vec![0.5; 37]);
+        swiglu_with(Isa::Avx2, &mut whole, &[0.5; 37]);
         for start in 0..37 {
             for end in start + 1..=37 {
                 let mut part = base[start..end].to_vec();

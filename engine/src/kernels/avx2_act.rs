@@ -60,8 +60,8 @@ fn exp(x: __m256) -> __m256 {
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
     ));
-    // ln2 = 0.693359375 - 2.12194440e-4 (the first part has few bits, so n * it is exact).
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_375), x);
+    // ln2 = 355/512 - 2.12194440e-4 (the first part has few bits, so n * it is exact).
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(355.0 / 512.0), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     // 1 + r + r^2/2! + ... + r^7/7!, Horner.
     const C: [f32; 8] = [1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];

@@ -65,10 +65,10 @@ unsafe fn rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
         }
     }
     let through_f16 = |v: f32| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))));
-    for i in groups * G..d.len() {
+    for (i, d) in d.iter_mut().enumerate().skip(groups * G) {
         // SAFETY: 32 values in each block.
         let (di, sum) = unsafe { block(x.as_ptr().add(i * QK), qs.as_mut_ptr().add(i * QK)) };
-        d[i] = through_f16(di);
+        *d = through_f16(di);
         if let Some(si) = s.get_mut(i) {
             *si = through_f16(sum as f32 * di);
         }

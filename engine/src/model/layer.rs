@@ -8,9 +8,13 @@
 //! sequence. Query head `h` uses KV head `h / (heads / kv_heads)`, as llama.cpp and HF's
 //! `repeat_kv` do.
 //!
-//! The same code runs both placements; only the KV storage and attention differ
-//! ([`Kv::Host`]: `attention.rs` over f32 rows on the CPU; [`Kv::Device`]: `device_attention.rs`,
-//! RoPE by candle's kernels on the device).
+//! Two paths, the same values: [`Layer::forward`] on candle tensors (the device placement's, and
+//! the reference), whose KV storage and attention differ by placement ([`Kv::Host`]:
+//! `attention.rs` on the CPU; [`Kv::Device`]: `device_attention.rs`, RoPE by candle's kernels on
+//! the device); and [`Layer::forward_host`], the host placement's, on slices and a
+//! [`HostScratch`] reused from layer to layer, with no tensor built between the layers (serial
+//! work the compute team's other threads would wait through). RMSNorm and SwiGLU are the same
+//! functions in both on the host, so both give the same bits (test).
 
 use candle_core::Tensor;
 
