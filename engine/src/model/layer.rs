@@ -61,7 +61,8 @@ struct HostVectors {
 }
 
 /// The buffers of [`Layer::forward_host`], reused by every layer and step (none allocated once
-/// they have grown to the largest batch).
+/// they have grown to the largest batch, and then kept: SmolLM2 at a 512-token prefill chunk
+/// holds ~10.5 MB here, what the tensor path allocated and freed again in every layer).
 #[derive(Default)]
 pub(crate) struct HostScratch {
     /// The normed residual stream, `[rows, hidden]`.
