@@ -196,6 +196,8 @@ impl Layer {
         let rows = s.positions.len();
         rms_norm_rows(x, &hv.attn_norm, cfg.rms_eps, &mut sc.h);
         Linear::host_many(&[&self.wq, &self.wk, &self.wv], &sc.h, rows, &mut [&mut sc.q, &mut sc.k, &mut sc.v])?;
+        // The KV write's lines on their way while the biases and RoPE run.
+        kv.prefetch_writes(&s.geometry, s.spans);
         for (y, b) in [(&mut sc.q, &hv.bq), (&mut sc.k, &hv.bk), (&mut sc.v, &hv.bv)] {
             if let Some(b) = b {
                 add_rows(y, b);
