@@ -16,6 +16,12 @@
 //! per-lane arithmetic and the reduction order are the same; the dot products and weighted sums
 //! use `mul_add`, one rounding, which the AVX2 build runs as FMA and the portable build as the
 //! target's FMA (aarch64) or libm's `fmaf` (x86-64 without AVX2: slow, but the same values).
+//!
+//! Long contexts: a query's keys past the first [`KEY_CHUNK`] positions are split into chunks at
+//! fixed multiples of it, one work item each (their softmax partial sums merged in chunk order),
+//! so a lone long sequence still gives every thread work; the split depends only on the query's
+//! position, so the determinism above holds, and a query within one chunk gets exactly the
+//! unsplit result.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -214,8 +220,16 @@ impl<E: Elem> Cache<E> {
 /// heads).
 const QUERY_TILE: usize = 16;
 
+/// Key positions per chunk of a long context: a query whose keys reach past the first chunk has
+/// them split at multiples of this (absolute positions, so the split depends only on the
+/// query's own position), each chunk a work item of its own (partial softmax sums, merged in
+/// chunk order), so that one long sequence keeps every thread busy. Within one chunk nothing
+/// changes: the merge of a single chunk is the unsplit result, bit for bit.
+const KEY_CHUNK: usize = 512;
+
 /// One parallel work item: queries `t0..t0+n` of span `si`, query heads `h0..h0+heads` (all
-/// sharing KV head `h0 / group`, so the item reads that head's keys and values once for all).
+/// sharing KV head `h0 / group`, so the item reads that head's keys and values once for all),
+/// over their keys in chunk `c` ([`KEY_CHUNK`]) when `split`, else all of them.
 #[derive(Debug, Clone, Copy)]
 struct Item {
     si: usize,
@@ -223,6 +237,8 @@ struct Item {
     heads: usize,
     t0: usize,
     n: usize,
+    c: usize,
+    split: bool,
 }
 
 thread_local! {
@@ -239,14 +255,20 @@ struct Scratch {
     acc: Vec<f32>,
     /// Each head's softmax denominator.
     sums: Vec<f32>,
+    /// Each head's largest score (what its weights are relative to).
+    maxes: Vec<f32>,
 }
 
 /// `q`: `[rows, heads*head_dim]`, already rotated and NOT yet scaled. Returns the attention
 /// output `[rows, heads*head_dim]`. The keys/values of every span must have been written.
 pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> Vec<f32> {
     // A KV head's query heads go together (its keys/values read once for all of them), unless
-    // that leaves too few items to keep the pool busy (a lone decode: one per KV head).
-    let tiles: usize = spans.iter().map(|s| s.len.div_ceil(QUERY_TILE)).sum();
+    // that leaves too few items to keep the pool busy (a lone decode of a short context: one
+    // per KV head; a long one has an item per key chunk).
+    let tiles: usize = spans
+        .iter()
+        .map(|s| (0..s.len).step_by(QUERY_TILE).map(|t0| key_chunks(g, s, t0, QUERY_TILE.min(s.len - t0)).len()).sum::<usize>())
+        .sum();
     let together = tiles * g.n_kv_heads >= 4 * crate::pool::threads();
     attend_grouped(kv, g, spans, q, if together { g.n_heads / g.n_kv_heads } else { 1 })
 }
@@ -268,12 +290,19 @@ fn attend_in<E: Elem>(kv: &Cache<E>, g: &Geometry, spans: &[Span], q: &[f32], pe
     for (si, s) in spans.iter().enumerate() {
         for h0 in (0..nh).step_by(per_item) {
             for t0 in (0..s.len).step_by(QUERY_TILE) {
-                items.push(Item { si, h0, heads: per_item.min(nh - h0), t0, n: QUERY_TILE.min(s.len - t0) });
+                let n = QUERY_TILE.min(s.len - t0);
+                let chunks = key_chunks(g, s, t0, n);
+                let split = chunks.len() > 1;
+                for c in chunks {
+                    items.push(Item { si, h0, heads: per_item.min(nh - h0), t0, n, c, split });
+                }
             }
         }
     }
     let use_avx2 = isa() != Isa::Scalar;
-    let results: Vec<Mutex<Vec<f32>>> = items.iter().map(|it| Mutex::new(vec![0.0f32; it.n * it.heads * hd])).collect();
+    // Per item: `[n, heads, head_dim]` outputs, then (split items) `[n, heads]` (max, sum) pairs.
+    let results: Vec<Mutex<Vec<f32>>> =
+        items.iter().map(|it| Mutex::new(vec![0.0f32; it.n * it.heads * (hd + 2)])).collect();
     crate::pool::for_each(items.len(), |i| {
         let it = &items[i];
         let mut out = results[i].lock().unwrap_or_else(|e| e.into_inner());
@@ -288,16 +317,70 @@ fn attend_in<E: Elem>(kv: &Cache<E>, g: &Geometry, spans: &[Span], q: &[f32], pe
             tile::<E, false>(kv, g, &spans[it.si], it, q, &mut out, scratch);
         })
     });
+    let results: Vec<Vec<f32>> = results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
     let mut out = vec![0.0f32; rows * nh * hd];
-    for (it, r) in items.iter().zip(results) {
-        let r = r.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut i = 0;
+    while i < items.len() {
+        let it = items[i];
+        // A tile's chunk items are consecutive (chunk order).
+        let group = if !it.split { 1 } else { items[i..].iter().take_while(|o| (o.si, o.h0, o.t0) == (it.si, it.h0, it.t0)).count() };
         let w = it.heads * hd;
-        for i in 0..it.n {
-            let dst = (spans[it.si].row + it.t0 + i) * nh * hd + it.h0 * hd;
-            out[dst..dst + w].copy_from_slice(&r[i * w..(i + 1) * w]);
+        for t in 0..it.n {
+            let dst = (spans[it.si].row + it.t0 + t) * nh * hd + it.h0 * hd;
+            let o = &mut out[dst..dst + w];
+            if !it.split {
+                o.copy_from_slice(&results[i][t * w..(t + 1) * w]);
+            } else {
+                merge_chunks(&results[i..i + group], it.n, it.heads, hd, t, o);
+            }
         }
+        i += group;
     }
     out
+}
+
+/// The key chunks ([`KEY_CHUNK`]) the queries `t0..t0+n` of span `s` look into: from the first
+/// query's first key to the last query's position.
+fn key_chunks(g: &Geometry, s: &Span, t0: usize, n: usize) -> std::ops::Range<usize> {
+    window_start(g, s.pos + t0) / KEY_CHUNK..(s.pos + t0 + n - 1) / KEY_CHUNK + 1
+}
+
+/// The first key position a query at `p` sees (its sliding window's start, else 0).
+fn window_start(g: &Geometry, p: usize) -> usize {
+    g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w))
+}
+
+/// Query `t`'s output (`o`: `[heads, head_dim]`) from its chunk items' partial results (each
+/// `[n, heads, head_dim]` unnormalized weighted sums, then `[n, heads]` (max, sum)), in chunk
+/// order: the sums rescaled to the largest max and added, then divided by the total. A chunk
+/// without keys for this query (max -inf) adds nothing; one chunk gives the unsplit result
+/// (its factor `exp(0)` is exactly 1).
+fn merge_chunks(parts: &[Vec<f32>], n: usize, heads: usize, hd: usize, t: usize, o: &mut [f32]) {
+    let stats = |p: &Vec<f32>, h: usize| {
+        let at = n * heads * hd + 2 * (t * heads + h);
+        (p[at], p[at + 1])
+    };
+    for (h, o) in o.chunks_exact_mut(hd).enumerate() {
+        let top = parts.iter().map(|p| stats(p, h).0).fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        o.fill(0.0);
+        for p in parts {
+            let (max, s) = stats(p, h);
+            if max == f32::NEG_INFINITY {
+                continue;
+            }
+            let f = math::exp8([max - top; LANES])[0];
+            sum += s * f;
+            let a = &p[(t * heads + h) * hd..][..hd];
+            for (o, &a) in o.iter_mut().zip(a) {
+                *o += a * f;
+            }
+        }
+        let inv = 1.0 / sum;
+        for o in o.iter_mut() {
+            *o *= inv;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -355,14 +438,19 @@ impl Iterator for Runs<'_> {
     }
 }
 
-/// Where query `t` of item `it` looks: its keys `first..=p` of its KV head (as [`Runs`]) and
-/// their count.
+/// Where query `t` of item `it` looks: its keys `first..=p` of its KV head, within the item's
+/// key chunk when split (as [`Runs`]), and their count (0 when the chunk is past `p`).
 #[inline(always)]
 fn keys_of<'a>(g: &'a Geometry, s: &'a Span, it: &Item, t: usize) -> (Runs<'a>, usize) {
     let kvh = it.h0 / (g.n_heads / g.n_kv_heads);
     let p = s.pos + t;
-    let first = g.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-    (Runs { g, blocks: s.blocks, kvh, j: first, end: p + 1 }, p + 1 - first)
+    let (mut first, mut end) = (window_start(g, p), p + 1);
+    if it.split {
+        first = first.max(it.c * KEY_CHUNK);
+        end = end.min((it.c + 1) * KEY_CHUNK);
+    }
+    let end = end.max(first);
+    (Runs { g, blocks: s.blocks, kvh, j: first, end }, end - first)
 }
 
 #[inline(always)]
@@ -370,7 +458,8 @@ fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geomet
     let (nh, bs) = (g.n_heads, g.block_size);
     let hd = if HD == 0 { g.head_dim } else { HD };
     let scale = 1.0 / (hd as f32).sqrt();
-    let Scratch { scores, acc, sums } = scratch;
+    let Scratch { scores, acc, sums, maxes } = scratch;
+    let (out, stats) = out.split_at_mut(it.n * it.heads * hd);
     for (i, o) in out.chunks_exact_mut(it.heads * hd).enumerate() {
         let t = it.t0 + i;
         let (runs, n_keys) = keys_of(g, s, it, t);
@@ -401,8 +490,11 @@ fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geomet
             j += r.slots;
         }
         sums.clear();
-        for sc in scores.chunks_exact_mut(n_keys) {
-            sums.push(softmax_unnormalized(sc));
+        maxes.clear();
+        for h in 0..it.heads {
+            let (max, sum) = softmax_unnormalized(&mut scores[h * n_keys..(h + 1) * n_keys]);
+            maxes.push(max);
+            sums.push(sum);
         }
         acc.clear();
         acc.resize(it.heads * hd, 0.0);
@@ -422,6 +514,14 @@ fn tile_hd<E: Elem, const SIMD: bool, const HD: usize>(kv: &Cache<E>, g: &Geomet
                 }
             }
             j += r.slots;
+        }
+        if it.split {
+            // A chunk's part: the unnormalized sums and each head's (max, sum), merged later.
+            o.copy_from_slice(acc);
+            for (h, st) in stats[2 * i * it.heads..][..2 * it.heads].chunks_exact_mut(2).enumerate() {
+                st.copy_from_slice(&[maxes[h], sums[h]]);
+            }
+            continue;
         }
         for ((o, a), &sum) in o.chunks_exact_mut(hd).zip(acc.chunks_exact(hd)).zip(sums.iter()) {
             let inv = 1.0 / sum;

@@ -7,9 +7,10 @@
 
 use super::Elem;
 
-/// `x[i] = exp(x[i] - max)`; returns the sum (8 lanes, then the lanes in order).
+/// `x[i] = exp(x[i] - max)`; returns `max` (-inf for no values) and the sum (8 lanes, then the
+/// lanes in order).
 #[inline(always)]
-pub(super) fn softmax_unnormalized(x: &mut [f32]) -> f32 {
+pub(super) fn softmax_unnormalized(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let mut lanes = [0.0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
@@ -34,7 +35,7 @@ pub(super) fn softmax_unnormalized(x: &mut [f32]) -> f32 {
         *v = exp8(e)[0];
         sum += *v;
     }
-    sum
+    (max, sum)
 }
 
 /// `exp` of 8 values <= 0 (larger ones are not needed here), vectorizable: `2^n * p(r)` with

@@ -271,3 +271,41 @@ fn f16_slice_conversion_equals_per_value() {
     let want: Vec<u16> = x.iter().map(|&v| F16::from_f32(v)).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn long_contexts_split_into_key_chunks_match_the_reference_and_do_not_depend_on_the_batch() {
+    // 1,200 positions: keys in three chunks of KEY_CHUNK; a 20-query span at the end (every query
+    // split three ways) and one across the first chunk boundary (a tile whose first queries fit
+    // one chunk and whose last ones need two); with and without a window that starts mid-chunk.
+    let mut rng = StdRng::seed_from_u64(11);
+    for window in [None, Some(700)] {
+        let g = Geometry { n_heads: 6, n_kv_heads: 2, head_dim: 64, block_size: 16, sliding_window: window };
+        let len = 1200;
+        let (w, kw) = (g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim);
+        let (q, k, v) = (random(&mut rng, len * w), random(&mut rng, len * kw), random(&mut rng, len * kw));
+        // Blocks scattered over a larger pool.
+        let blocks: Vec<u32> = (0..len.div_ceil(16) as u32).map(|b| (b * 7) % 80).collect();
+        for (dt, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+            let mut kv = LayerKv::new(&g, 80, dt);
+            kv.write(&g, &[Span { row: 0, len, pos: 0, blocks: &blocks }], &k, &v);
+            let want = reference(&g, &q, &k, &v, len);
+            for (pos, n) in [(1180, 20), (500, 30)] {
+                let span = Span { row: 0, len: n, pos, blocks: &blocks };
+                let got = attend(&kv, &g, &[span], &q[pos * w..(pos + n) * w]);
+                let err = got.iter().zip(&want[pos * w..]).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(err < tol, "{dt:?} window {window:?} queries {pos}..{}: max error {err}", pos + n);
+                // Each query alone, and the span beside a short sequence: the same bits.
+                for t in [0, 11, n - 1] {
+                    let alone = Span { row: 0, len: 1, pos: pos + t, blocks: &blocks };
+                    let one = attend(&kv, &g, &[alone], &q[(pos + t) * w..(pos + t + 1) * w]);
+                    assert_eq!(one, got[t * w..(t + 1) * w], "{dt:?} {window:?}: query {} alone", pos + t);
+                }
+                let short = Span { row: 0, len: 3, pos: 0, blocks: &blocks };
+                let span_b = Span { row: 3, ..span };
+                let x = [&q[..3 * w], &q[pos * w..(pos + n) * w]].concat();
+                let batched = attend(&kv, &g, &[short, span_b], &x);
+                assert_eq!(&batched[3 * w..], &got[..], "{dt:?} {window:?}: batched");
+            }
+        }
+    }
+}
