@@ -265,11 +265,11 @@ pub(crate) fn attend(kv: &LayerKv, g: &Geometry, spans: &[Span], q: &[f32]) -> V
     // A KV head's query heads go together (its keys/values read once for all of them), unless
     // that leaves too few items to keep the pool busy (a lone decode of a short context: one
     // per KV head; a long one has an item per key chunk).
-    let tiles: usize = spans
+    let tile_chunks: usize = spans
         .iter()
         .map(|s| (0..s.len).step_by(QUERY_TILE).map(|t0| key_chunks(g, s, t0, QUERY_TILE.min(s.len - t0)).len()).sum::<usize>())
         .sum();
-    let together = tiles * g.n_kv_heads >= 4 * crate::pool::threads();
+    let together = tile_chunks * g.n_kv_heads >= 4 * crate::pool::threads();
     attend_grouped(kv, g, spans, q, if together { g.n_heads / g.n_kv_heads } else { 1 })
 }
 
