@@ -161,24 +161,14 @@ fn ours_many<F: Format>(ms: &[&QuantMatrix<F>], x: &Tensor) -> candle_core::Resu
 /// all of them are of one format we run (see [`Linear`]); does nothing otherwise.
 macro_rules! with_ours {
     ($ls:expr, $ms:ident => $body:expr) => {
-        if let Some($ms) = all_of($ls, |l| if let Linear::Q4_1(m) = l { Some(m) } else { None }) {
-            $body;
-        }
-        if let Some($ms) = all_of($ls, |l| if let Linear::Q8_0(m) = l { Some(m) } else { None }) {
-            $body;
-        }
-        if let Some($ms) = all_of($ls, |l| if let Linear::Q4_0(m) = l { Some(m) } else { None }) {
-            $body;
-        }
-        if let Some($ms) = all_of($ls, |l| if let Linear::Q6K(m) = l { Some(m) } else { None }) {
-            $body;
-        }
-        if let Some($ms) = all_of($ls, |l| if let Linear::Q4K(m) = l { Some(m) } else { None }) {
-            $body;
-        }
-        if let Some($ms) = all_of($ls, |l| if let Linear::F32(m) = l { Some(m) } else { None }) {
-            $body;
-        }
+        with_ours!(@each $ls, $ms => $body; Q4_1 Q8_0 Q4_0 Q6K Q4K F32)
+    };
+    (@each $ls:expr, $ms:ident => $body:expr; $($variant:ident)*) => {
+        $(
+            if let Some($ms) = all_of($ls, |l| if let Linear::$variant(m) = l { Some(m) } else { None }) {
+                $body;
+            }
+        )*
     };
 }
 
